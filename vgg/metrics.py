@@ -1,0 +1,14 @@
+"""Top-k counting shared by training and evaluation."""
+
+import torch
+
+
+def topk_correct(scores: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...] = (1, 5)
+                 ) -> torch.Tensor:
+    """How many rows of ``scores`` (N, classes) rank their target within the top k, for
+    each k. Ties count against the model: the target's rank is the number of *other*
+    classes scoring at least as high, so a constant output is never "correct". With
+    fewer than k classes every row is within the top k."""
+    target_scores = scores.gather(1, targets[:, None])
+    rank = (scores >= target_scores).sum(1) - 1
+    return torch.stack([(rank < k).sum() for k in ks])
