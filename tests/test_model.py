@@ -224,3 +224,17 @@ def test_summary_table_reports_totals_and_receptive_field():
     assert [r for r in rows if r.name.startswith("features")][-1].receptive_field == 212
     text = format_table(rows, "D", 1000)
     assert "138,357,544" in text and "paper Table 2: 138M" in text and "15.47 G" in text
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_bn_statistics():
+    image, target = torch.randn(3, 3, 32, 32), torch.tensor([0, 3, 1])
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # same weights and dropout masks
+        model = build_vgg("B", num_classes=4, image_size=32, fc_width=16, batch_norm=True)
+        model.activation_checkpointing = checkpointing
+        nn.functional.cross_entropy(model(image), target).backward()
+        results.append([p.grad for p in model.parameters()] + list(model.buffers()))
+    assert len(model.stages()) == 5
+    for plain, recomputed in zip(*results, strict=True):
+        torch.testing.assert_close(recomputed, plain)
