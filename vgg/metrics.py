@@ -8,7 +8,9 @@ def topk_correct(scores: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...
     """How many rows of ``scores`` (N, classes) rank their target within the top k, for
     each k. Ties count against the model: the target's rank is the number of *other*
     classes scoring at least as high, so a constant output is never "correct". With
-    fewer than k classes every row is within the top k."""
+    fewer than k classes every row is within the top k. A row with a NaN or infinite
+    score is never correct, so a diverged model scores zero, not 100%."""
     target_scores = scores.gather(1, targets[:, None])
     rank = (scores >= target_scores).sum(1) - 1
-    return torch.stack([(rank < k).sum() for k in ks])
+    finite = torch.isfinite(scores).all(1)
+    return torch.stack([((rank < k) & finite).sum() for k in ks])
