@@ -1,0 +1,133 @@
+"""Images/s per CPU core of the ImageNet training transform (JPEG decode, scale-jittered
+rescale, random crop, flip, PCA colour shift, normalise): this project's OpenCV pipeline
+against the torchvision.transforms.v2 equivalent, on the same generated JPEGs.
+
+    python benchmarks/data_pipeline.py [--images 64] [--scale 256 512] [--repeats 3]
+
+Both run in this one process with one thread (OpenCV's and torch's pools off), so the figures
+are per core; a loader with N workers scales them by about N. Two torchvision baselines are
+timed: PIL decoding (what ImageFolder does) and torchvision.io.decode_jpeg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torchvision.transforms import v2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dataset_class import ImageFileDataset, ImageSet, dataset_spec, train_transform  # noqa: E402
+from vgg.transforms import COLOR_SHIFT_STD, IMAGENET_EIGVAL, IMAGENET_EIGVEC  # noqa: E402
+
+# Typical ILSVRC-2012 image shapes (height, width): most are about 500 px on the long side.
+SHAPES = [(375, 500), (333, 500), (500, 375), (500, 500), (281, 500)]
+
+
+def write_jpegs(folder: Path, count: int) -> list[str]:
+    """`count` photo-like JPEGs (smooth colour fields plus sensor-like noise, quality 90)."""
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(count):
+        height, width = SHAPES[i % len(SHAPES)]
+        y, x = np.mgrid[0:height, 0:width]
+        fields = [128 + 100 * np.sin(x / rng.uniform(10, 60) + c) * np.cos(y / rng.uniform(10, 60))
+                  for c in range(3)]
+        image = np.stack(fields, axis=-1) + rng.normal(0, 12, (height, width, 3))
+        path = folder / f"{i}.JPEG"
+        cv2.imwrite(str(path), image.clip(0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        files.append(str(path))
+    return files
+
+
+class Lighting(torch.nn.Module):
+    """AlexNet's PCA colour shift on a float image in [0, 1] (torchvision has none built in)."""
+
+    def __init__(self):
+        super().__init__()
+        self.eigval = torch.tensor(IMAGENET_EIGVAL, dtype=torch.float32)
+        self.eigvec = torch.tensor(IMAGENET_EIGVEC, dtype=torch.float32)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        alpha = torch.randn(3) * COLOR_SHIFT_STD
+        return image + (self.eigvec @ (alpha * self.eigval))[:, None, None]
+
+
+def torchvision_transform(scale: tuple[int, int], size: int) -> v2.Compose:
+    spec = dataset_spec("ImageNet")
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomShortestSize(min_size=list(range(scale[0], scale[1] + 1))),
+        v2.RandomCrop(size),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        Lighting(),
+        v2.Normalize(spec.mean, spec.std),
+    ])
+
+
+def images_per_second(load: Callable[[int], torch.Tensor], count: int, repeats: int) -> float:
+    """Median over `repeats` passes over all `count` images, after one warm-up pass."""
+    rates = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        for i in range(count):
+            load(i)
+        rates.append(count / (time.perf_counter() - start))
+    return statistics.median(rates[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--scale", type=int, nargs=2, default=(256, 512), metavar=("SMIN", "SMAX"))
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    scale = tuple(args.scale)
+
+    with tempfile.TemporaryDirectory() as folder:
+        files = write_jpegs(Path(folder), args.images)
+        ours = ImageFileDataset(
+            ImageSet(files, np.zeros(len(files), dtype=np.int64), ("all",)),
+            train_transform(dataset_spec("ImageNet"), args.size, scale))
+        reference = torchvision_transform(scale, args.size)
+        decoded = [cv2.imread(f, cv2.IMREAD_COLOR_RGB) for f in files]
+        contenders = {  # name: (load image i, name of ours to compare with)
+            "ours (OpenCV)": (lambda i: ours[i][0], None),
+            "torchvision v2, PIL decode": (
+                lambda i: reference(Image.open(files[i]).convert("RGB")), "ours (OpenCV)"),
+            "torchvision v2, decode_jpeg": (
+                lambda i: reference(torchvision.io.decode_jpeg(torchvision.io.read_file(
+                    files[i]))), "ours (OpenCV)"),
+            "ours, transform only": (lambda i: ours.transform(decoded[i]), None),
+            "torchvision, transform only": (
+                lambda i: reference(torch.from_numpy(decoded[i]).permute(2, 0, 1)),
+                "ours, transform only"),
+        }
+        rates = {name: images_per_second(load, len(files), args.repeats)
+                 for name, (load, _) in contenders.items()}
+
+    print(f"ImageNet training transform, S in [{scale[0]}, {scale[1]}], {args.size}px crops, "
+          f"{args.images} JPEGs of ~500x375, one core (torch {torch.__version__}, "
+          f"torchvision {torchvision.__version__}, OpenCV {cv2.__version__})")
+    for name, (_, ours_name) in contenders.items():
+        ratio = f"ours / this = {rates[ours_name] / rates[name]:4.2f}x" if ours_name else ""
+        print(f"  {name:30s} {rates[name]:8.1f} images/s/core   {ratio}")
+
+
+if __name__ == "__main__":
+    main()
