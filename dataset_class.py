@@ -38,8 +38,9 @@ import numpy as np
 import scipy.io
 import torch
 import torchvision
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from vgg.distributed import ShardSampler
 from vgg.transforms import EvalTransform, TrainTransform
 
 SPLITS = ("train", "val", "test")
@@ -488,7 +489,10 @@ class EpochLoader(DataLoader):
     def __iter__(self) -> Iterator:
         yield from super().__iter__()
         self.epochs_done += 1
-        skipped = getattr(self.dataset, "unreadable_files", list)()
+        dataset = self.dataset
+        while not hasattr(dataset, "unreadable_files") and hasattr(dataset, "dataset"):
+            dataset = dataset.dataset  # through Subset and other wrappers
+        skipped = getattr(dataset, "unreadable_files", list)()
         if skipped:
             shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
             warnings.warn(f"epoch {self.epochs_done}: skipped {len(skipped)} unreadable image "
@@ -496,25 +500,23 @@ class EpochLoader(DataLoader):
                           stacklevel=2)
 
 
-def _one_opencv_thread(worker_id: int) -> None:
-    # Each loader worker is one process per core; OpenCV's own thread pool would oversubscribe.
-    cv2.setNumThreads(1)
-
-
 def build_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 0,
-                 seed: int = 0, distributed: bool = False, drop_last: bool | None = None
-                 ) -> EpochLoader:
+                 seed: int = 0, distributed: bool = False, drop_last: bool | None = None,
+                 sampler: Sampler | None = None) -> EpochLoader:
     """Batches of `dataset`: shuffled by a `seed`ed generator when `train` (which also seeds
-    the workers' augmentation draws), in order otherwise. `distributed` shards it with a
-    DistributedSampler (call loader.sampler.set_epoch(epoch) every epoch). drop_last defaults
-    to `train`: evaluation must see every image."""
-    sampler = DistributedSampler(dataset, shuffle=train, seed=seed) if distributed else None
+    the workers' augmentation draws), in order otherwise. `distributed` shards it: for
+    training with a DistributedSampler (call loader.sampler.set_epoch(epoch) every epoch),
+    for evaluation unpadded, so every sample counts exactly once. A given `sampler`
+    (train.py's resumable one) replaces all of that. drop_last defaults to `train`:
+    evaluation must see every image."""
+    if sampler is None and distributed:
+        sampler = (DistributedSampler(dataset, shuffle=True, seed=seed) if train
+                   else ShardSampler(dataset))
     return EpochLoader(
-        dataset, batch_size, shuffle=train and not distributed, sampler=sampler,
+        dataset, batch_size, shuffle=train and sampler is None, sampler=sampler,
         num_workers=workers, pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0, drop_last=train if drop_last is None else drop_last,
-        generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=_one_opencv_thread if workers > 0 else None)
+        generator=torch.Generator().manual_seed(seed))
 
 
 # ------------------------------------------------------------------------------- registry

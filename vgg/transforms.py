@@ -20,6 +20,11 @@ import cv2
 import numpy as np
 import torch
 
+# One OpenCV thread per process: loader workers are the parallelism, and OpenCV's pool
+# must not exist across fork (a forked worker that touches a pool created in the parent
+# deadlocks, e.g. in cv2.setNumThreads). Set here, in the parent, so workers inherit it.
+cv2.setNumThreads(1)
+
 # AlexNet's "PCA colour augmentation" (Krizhevsky et al. 2012, Sec. 4.1): eigenvalues and
 # eigenvectors (columns) of the 3x3 covariance of ImageNet's training RGB pixels scaled to
 # [0, 1], as published with fb.resnet.torch. Per image, alpha ~ N(0, 0.1^2) per component.
