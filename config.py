@@ -1,0 +1,127 @@
+"""Every training default, as plain typed values. Edit them here, override them with
+``--config configs/<preset>.yaml`` and then with ``--key value`` flags (see vgg/configuration.py).
+Defaults follow the paper (Sec. 3.1): ImageNet, SGD momentum 0.9, weight decay 5e-4,
+batch 256, lr 1e-2 divided by 10 on a validation plateau at most 3 times, 74 epochs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vgg.configuration import ConfigError
+from vgg.model import INITS, VERSIONS
+
+
+def _datasets() -> tuple[str, ...]:
+    import dataset_class
+    return tuple(dataset_class.DATASETS)
+
+
+def choice(default, choices):
+    """A field whose value must be one of ``choices`` (a tuple or a callable giving one)."""
+    return field(default=default, metadata={"choices": choices})
+
+
+@dataclass
+class Config:
+    # --- data ---
+    dataset: str = choice("ImageNet", _datasets)  # dataset name (dataset_class.DATASETS)
+    data_root: str = "data"  # where the dataset lives (ImageNet: <root>/ImageNet/{train,val})
+    download: bool = False  # let torchvision download small datasets into data_root
+    val_fraction: float = 0.1  # share of the training set held out for validation (small sets)
+    image_size: int | None = None  # training crop side; None = the dataset's (224 / 32)
+    train_scale: tuple[int, int] | None = None  # S range [Smin, Smax]; None = dataset's
+    color_shift: bool = True  # PCA colour (lighting) noise of Krizhevsky et al. 2012
+    train_subset: int | None = None  # train on this many random training samples (smoke runs)
+    val_subset: int | None = None  # validate on this many random validation samples
+    workers: int = 4  # data-loading processes per training process (0 = in-process)
+    # --- model ---
+    model_version: str = choice("D", VERSIONS)  # Table 1 configuration
+    batch_norm: bool = False  # BatchNorm after every conv (not in the paper)
+    fc_width: int = 4096  # width of the two hidden FC layers
+    dropout: float = 0.5  # dropout after the first two FC layers
+    init: str = choice("xavier", INITS)  # random init; "from_A" copies Sec. 3.1's layers
+    init_std: float = 1e-2  # std of the normal init ("paper", and from_A's random layers)
+    init_from_A: str | None = None  # trained config-A checkpoint, for init=from_A
+    init_from: str | None = None  # load model weights only (fine-tuning, e.g. S=384 from 256)
+    resume: str | None = None  # run dir or checkpoint to continue exactly where it stopped
+    # --- optimisation ---
+    batch_size: int = 256  # effective batch: all processes x all accumulation micro-steps
+    micro_batch_size: int | None = None  # per process per forward; None = batch / processes
+    epochs: int = 74  # training epochs (paper: 370K iterations = 74 epochs)
+    max_steps: int | None = None  # stop (with a checkpoint) after this many optimizer steps
+    optimizer: str = choice("sgd", ("sgd", "adamw"))  # optimizer
+    lr: float = 1e-2  # initial learning rate (paper: 1e-2; 1e-3 for S=384 from S=256)
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # Nesterov momentum (SGD)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    weight_decay: float = 5e-4  # L2 multiplier (SGD) / decoupled decay (AdamW)
+    decay_norm_and_bias: bool = True  # decay biases and norm weights too (the paper did)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (paper: 0)
+    grad_clip: float | None = None  # clip the gradient's global L2 norm to this; None = off
+    schedule: str = choice("plateau", ("plateau", "step", "cosine"))  # lr schedule
+    lr_factor: float = 0.1  # plateau/step: multiply the lr by this at each drop
+    max_lr_drops: int = 3  # plateau/step: at most this many drops (paper: 3)
+    plateau_patience: int = 2  # plateau: epochs without val top-1 improvement before a drop
+    plateau_threshold: float = 1e-3  # plateau: top-1 accuracy gain that counts as improving
+    step_epochs: int = 20  # step: drop the lr every this many epochs
+    warmup_epochs: float = 0.0  # linear lr warmup from 0, in epochs (counted in steps)
+    min_lr: float = 0.0  # cosine: final learning rate
+    # --- precision and speed ---
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
+    precision: str = choice("auto", ("auto", "bf16", "fp16", "fp32"))  # auto = bf16 on GPU
+    channels_last: bool | None = None  # NHWC memory format; None = on for GPU, off for CPU
+    compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute conv stages in backward: less memory
+    cudnn_benchmark: bool = True  # cudnn autotuning (off in deterministic mode)
+    deterministic: bool = False  # deterministic algorithms (bit-exact reruns and resumes)
+    seed: int = 0  # seed for init, data order, augmentation and dropout
+    # --- runs, checkpoints, logging ---
+    out_dir: str = "runs"  # parent of the run directories
+    run_name: str | None = None  # run directory name; None = <dataset>-<version>-<time>
+    log_interval: int = 50  # optimizer steps between metric rows
+    checkpoint_interval: int = 0  # also write last.pt every this many steps (0 = per epoch)
+    keep_last_k: int = 0  # also keep the last k epoch checkpoints (epoch_<n>.pt)
+    metrics_format: str = choice("jsonl", ("jsonl", "csv"))  # metrics file format
+    on_nonfinite: str = choice("stop", ("stop", "skip"))  # non-finite loss: stop or skip step
+    progress: bool = True  # tqdm progress bar per epoch
+    wandb: str = choice("auto", ("auto", "online", "offline", "disabled"))  # W&B mode
+    wandb_project: str = "vgg"  # W&B project
+    wandb_entity: str | None = None  # W&B entity (team/user); None = your default
+
+    def validate(self) -> None:
+        """Checks between fields (types and choices are checked generically)."""
+        positive = ("batch_size", "epochs", "log_interval", "fc_width")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("micro_batch_size", "max_steps", "train_subset", "val_subset",
+                     "image_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive or null, got {value}")
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ConfigError(f"micro_batch_size ({self.micro_batch_size}) must divide "
+                              f"batch_size ({self.batch_size}): micro-batch x accumulation "
+                              "steps x processes = effective batch")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.train_scale is not None and self.train_scale[0] > self.train_scale[1]:
+            raise ConfigError(f"train_scale is [Smin, Smax], got {list(self.train_scale)}")
+        if (self.init == "from_A") != (self.init_from_A is not None):
+            raise ConfigError("init=from_A needs init_from_A=<trained config-A checkpoint>, "
+                              "and init_from_A is only used with init=from_A")
+        if self.init_from is not None and self.init == "from_A":
+            raise ConfigError("init_from loads all weights; it cannot be combined with "
+                              "init=from_A")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.lr <= 0 or self.lr_factor <= 0 or self.lr_factor >= 1:
+            raise ConfigError("lr must be positive and lr_factor in (0, 1)")
+        if self.label_smoothing < 0 or self.label_smoothing >= 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if min(self.warmup_epochs, self.keep_last_k, self.checkpoint_interval,
+               self.max_lr_drops, self.plateau_patience, self.workers) < 0:
+            raise ConfigError("warmup_epochs, keep_last_k, checkpoint_interval, max_lr_drops, "
+                              "plateau_patience and workers must not be negative")

@@ -1,0 +1,239 @@
+"""One dataclass is the whole configuration: its fields become ``--flags``, a YAML file
+(``yaml.safe_load``) can override them, and every value is checked against the field's type
+and declared choices. Precedence: dataclass defaults < ``base`` dict (e.g. a resumed run's
+saved config) < ``--config file.yaml`` < ``--key value`` flags.
+
+Declare choices next to the field: ``field(default="sgd", metadata={"choices": ("sgd",
+"adamw")})``; ``choices`` may be a zero-argument callable, evaluated only when checked, so a
+heavy import (the dataset registry) happens only when needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import inspect
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value, key or file a user has to fix."""
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _choices(f: dataclasses.Field) -> tuple | None:
+    choices = f.metadata.get("choices")
+    if callable(choices):
+        choices = choices()
+    return tuple(choices) if choices is not None else None
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _parse_text(text: str) -> Any:
+    """A command-line value as YAML would read it, plus "a,b" as a list."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and "," in value:
+        return [_parse_text(part.strip()) for part in value.split(",")]
+    return value
+
+
+def coerce(name: str, value: Any, tp: Any, from_text: bool = False) -> Any:
+    """``value`` as type ``tp``, or ConfigError saying what the field takes. Text from the
+    command line is parsed first ("1e-2" -> 0.01, "none" -> None, "256,512" -> [256, 512])."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if from_text and isinstance(value, str):
+        if value.lower() in ("none", "null", "~") and type(None) in args:
+            return None
+        if tp is str or str in args:
+            return value
+        value = _parse_text(value)
+    wrong = ConfigError(f"{name}: expected {_type_name(tp)}, got {value!r} "
+                        f"({type(value).__name__})")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(name, value, arg)
+            except ConfigError:
+                pass
+        raise wrong
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise wrong
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{name}: expected {len(args)} values "
+                                  f"({_type_name(tp)}), got {list(value)!r}")
+            items = [coerce(name, v, a) for v, a in zip(value, args, strict=True)]
+        else:
+            items = [coerce(name, v, args[0]) for v in value] if args else list(value)
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise wrong
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise wrong
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-2" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise wrong from None
+        raise wrong
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise wrong
+    if tp is Any:
+        return value
+    raise ConfigError(f"{name}: unsupported field type {_type_name(tp)}")
+
+
+def _unknown(keys: Sequence[str], cls: type, where: str) -> ConfigError:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    hints = []
+    for key in keys:
+        close = difflib.get_close_matches(key, valid, n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ConfigError(f"unknown configuration key{'s' if len(keys) > 1 else ''} in {where}: "
+                       f"{', '.join(hints)}. Valid keys: {', '.join(valid)}")
+
+
+def apply(config: Any, values: Mapping[str, Any], where: str, from_text: bool = False) -> Any:
+    """A copy of ``config`` with ``values`` applied and checked."""
+    cls = type(config)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise _unknown(unknown, cls, where)
+    hints = _hints(cls)
+    changes = {k: coerce(k, v, hints[k], from_text) for k, v in values.items()}
+    return dataclasses.replace(config, **changes)
+
+
+def check_choices(config: Any) -> None:
+    for f in dataclasses.fields(config):
+        choices = _choices(f)
+        value = getattr(config, f.name)
+        if choices is not None and value is not None and value not in choices:
+            raise ConfigError(f"{f.name}: invalid choice {value!r}; valid choices: "
+                              f"{', '.join(map(str, choices))}")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain YAML/``weights_only``-safe values: tuples become lists."""
+    def plain(v: Any) -> Any:
+        return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of key: value, "
+                          f"got {type(data).__name__}")
+    return data
+
+
+def save_yaml(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The trailing ``# comment`` of each field's line in the class source."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    pattern = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.*)$")
+    return {m[1]: m[2].strip() for line in source.splitlines() if (m := pattern.match(line))}
+
+
+def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
+    """``--config``, ``--print_config`` and one ``--<field>`` per dataclass field; a
+    field's help is its one-line comment in the source."""
+    parser = argparse.ArgumentParser(
+        description=description, allow_abbrev=False, argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", help="YAML file of key: value overrides")
+    parser.add_argument("--print_config", action="store_true",
+                        help="print the resolved configuration as YAML and exit")
+    hints = _hints(cls)
+    defaults = cls()
+    comments = field_comments(cls)
+    for f in dataclasses.fields(cls):
+        choices = f.metadata.get("choices")
+        shown = "" if choices is None or callable(choices) else f" {{{','.join(choices)}}}"
+        parser.add_argument(f"--{f.name}", metavar=_type_name(hints[f.name]).upper(),
+                            help=f"{comments.get(f.name, '')}{shown} "
+                                 f"(default: {getattr(defaults, f.name)!r})")
+    return parser
+
+
+def parse_args(cls: type, argv: Sequence[str] | None,
+               base: Mapping[str, Any] | Any | None = None) -> tuple[Any, argparse.Namespace]:
+    """Resolve the configuration from ``argv``. ``base`` (a dict or a callable taking the
+    flag values and returning one, or None) sits between the defaults and the YAML file.
+    Returns the checked config and the namespace (for ``print_config``)."""
+    parser = build_parser(cls)
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        flags = [r for r in rest if r.startswith("--")]
+        if flags:
+            raise _unknown([f[2:].split("=")[0] for f in flags], cls, "command-line flags")
+        raise ConfigError(f"unexpected command-line arguments {rest}; every option is "
+                          f"--key value")
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "print_config")}
+    config = cls()
+    # Apply flags once first so that ``base`` may depend on them (e.g. --resume).
+    flagged = apply(config, flags, "command-line flags", from_text=True)
+    if callable(base):
+        base = base(flagged)
+    if base:
+        config = apply(config, base, "the base configuration")
+    if getattr(args, "config", None):
+        config = apply(config, load_yaml(args.config), str(args.config))
+    config = apply(config, flags, "command-line flags", from_text=True)
+    check_choices(config)
+    if hasattr(config, "validate"):
+        config.validate()
+    return config, args
