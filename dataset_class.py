@@ -405,7 +405,8 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         index = range(len(self))[index]  # IndexError past the end, as iteration expects
-        for i in (np.arange(len(self)) + index) % len(self):
+        for offset in range(len(self)):  # the next readable image stands in for a bad one
+            i = (index + offset) % len(self)
             if self.unreadable[i]:
                 continue
             image = cv2.imread(self.files[i], cv2.IMREAD_COLOR_RGB)

@@ -235,10 +235,24 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
         except (KeyError, ValueError) as error:
             raise CheckpointError(f"{resumed['path']}: its optimizer/schedule state does "
                                   f"not fit this config ({error})") from None
+        # The saved state carries the old hyper-parameters; flags given with --resume (a
+        # lower --lr after a divergence, say) must win, so write the config back.
+        for group in optimizer.param_groups:
+            group["initial_lr"] = cfg.lr
+            group["weight_decay"] = cfg.weight_decay if group["weight_decay"] else 0.0
+            if "momentum" in group:
+                group["momentum"] = cfg.momentum
+        schedule.update(checkpoint["step"])
         epoch, step, position = checkpoint["epoch"], checkpoint["step"], checkpoint["position"]
         best_top1, nonfinite_steps = checkpoint["best_top1"], checkpoint["nonfinite_steps"]
         epoch_totals, wandb_id = list(checkpoint["epoch_totals"]), checkpoint["wandb_run_id"]
         rngs = checkpoint["rng"]
+        if len(rngs) != world and position:
+            # position counts samples per process: another process count would repeat
+            # or skip part of the epoch's data.
+            raise CheckpointError(
+                f"{resumed['path']} stopped mid-epoch with {len(rngs)} process(es); resume "
+                f"it with {len(rngs)} (another count works from an epoch boundary)")
         if len(rngs) == world:
             set_rng_state(rngs[rank])
         run_dir = resumed["path"].parent

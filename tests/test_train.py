@@ -151,6 +151,18 @@ def test_resume_after_a_step_is_bit_identical(tmp_path):
     assert rows(tmp_path / "full", "epoch")[-1]["val_n"] == 32
 
 
+def test_flags_given_with_resume_override_the_saved_hyperparameters(tmp_path):
+    # "Resume with a lower --lr" is the advice after a divergence: it must take effect.
+    assert train.main(tiny(tmp_path / "run", "--max_steps", "5")) == 0
+    assert train.main(["--resume", str(tmp_path / "run"), "--max_steps", "7", "--lr", "0.001",
+                       "--weight_decay", "0.0001"]) == 0
+    resumed = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert resumed["config"]["lr"] == 0.001
+    assert {g["lr"] for g in resumed["optimizer"]["param_groups"]} == {0.001}
+    assert {g["weight_decay"] for g in resumed["optimizer"]["param_groups"]} == {0.0001}
+    assert [r["lr"] for r in rows(tmp_path / "run", "train")][4:] == [0.01, 0.001, 0.001]
+
+
 @pytest.mark.slow
 def test_sigterm_saves_and_resume_is_bit_identical(tmp_path):
     assert train.main(tiny(tmp_path / "full")) == 0
