@@ -268,7 +268,7 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob(".*.tmp"):  # left by a process killed mid-write
             stale.unlink(missing_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(saved_config, sort_keys=False))
+        configuration.save_yaml(saved_config, run_dir / "config.yaml")
         metrics = MetricsLog(run_dir / f"metrics.{cfg.metrics_format}", cfg.metrics_format,
                              resume_step=step if checkpoint is not None else None)
     wandb_run = None

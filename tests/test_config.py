@@ -77,7 +77,7 @@ def test_yaml_unknown_key_and_wrong_type(tmp_path):
 def test_saved_config_round_trips(tmp_path):
     cfg, _ = parse_args(Config, ["--train_scale", "256,512", "--lr", "0.001", "--wandb",
                                  "disabled"])
-    configuration.save_yaml(cfg, tmp_path / "config.yaml")
+    configuration.save_yaml(configuration.to_dict(cfg), tmp_path / "config.yaml")
     again, _ = parse_args(Config, ["--config", str(tmp_path / "config.yaml")])
     assert again == cfg
 

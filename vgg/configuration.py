@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import difflib
 import inspect
+import os
 import re
 import types
 import typing
@@ -174,8 +175,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def save_yaml(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+def save_yaml(values: Mapping[str, Any], path: str | Path) -> None:
+    """Write through a temporary file and an atomic rename: a kill never leaves a run
+    directory with half a config."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(dict(values), sort_keys=False))
+    os.replace(tmp, path)
 
 
 def field_comments(cls: type) -> dict[str, str]:

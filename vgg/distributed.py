@@ -67,20 +67,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
-
-
-def broadcast_object(obj):
-    """Rank 0's ``obj`` on every process."""
-    if not is_distributed():
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def all_gather_object(obj) -> list:
     if not is_distributed():
         return [obj]

@@ -194,10 +194,6 @@ def network_from_checkpoint(path: str | os.PathLike) -> Network:
                    parse_train_scale(train_scale) if train_scale is not None else None, config)
 
 
-def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in state.items()}
-
-
 def infer_torchvision_version(state: dict[str, torch.Tensor]) -> tuple[str, bool]:
     """Which of torchvision's vgg11/13/16/19 (with or without BN) a state dict is."""
     feature_keys = {k for k in state if k.startswith("features.")}
