@@ -238,3 +238,22 @@ def test_activation_checkpointing_gives_the_same_gradients_and_bn_statistics():
     assert len(model.stages()) == 5
     for plain, recomputed in zip(*results, strict=True):
         torch.testing.assert_close(recomputed, plain)
+
+
+def test_class_scores_stay_fp32_under_bf16_autocast():
+    # bf16 scores round near-equal classes to ties, which top-k counts as errors.
+    torch.manual_seed(0)
+    model = build_vgg("A", num_classes=100, image_size=32, fc_width=64).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = model(x)
+        hidden = model.classifier[:-1](torch.flatten(model.features(x), 1))
+        dense_scores = model.to_dense()(x)
+    assert hidden.dtype == torch.bfloat16  # the rest of the network does run in bf16
+    assert scores.dtype == dense_scores.dtype == torch.float32
+    last = model.classifier[-1]
+    torch.testing.assert_close(scores, hidden.float() @ last.weight.T + last.bias,
+                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dense_scores.flatten(1), scores, rtol=0.05, atol=0.05)
+    # Its state-dict keys stay torchvision's.
+    assert {"classifier.6.weight", "classifier.6.bias"} <= set(model.state_dict())

@@ -61,6 +61,28 @@ def make_features(config: list[int | str], in_channels: int, batch_norm: bool) -
     return nn.Sequential(*layers)
 
 
+class FullPrecisionScores:
+    """Mixed into the layer that outputs the class scores: it computes at its weights'
+    precision (fp32) also under autocast. A bf16 score keeps 8 significant bits, so
+    near-equal scores round to exact ties, and a tie counts against the model in top-k
+    (vgg.metrics), which biased validation and the plateau schedule. Cost: one
+    fc_width x classes product in fp32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.amp.is_autocast_available(x.device.type):  # e.g. the meta device
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.to(self.weight.dtype))
+
+
+class ClassScores(FullPrecisionScores, nn.Linear):
+    """``classifier.6``: a Linear (its state-dict keys are unchanged) with fp32 output."""
+
+
+class DenseClassScores(FullPrecisionScores, nn.Conv2d):
+    """The dense form's last 1x1 conv, with fp32 output."""
+
+
 class VGG(nn.Module):
     def __init__(self, features: nn.Sequential, num_classes: int, image_size: int,
                  fc_width: int, dropout: float) -> None:
@@ -71,7 +93,7 @@ class VGG(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(512 * side * side, fc_width), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(fc_width, fc_width), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(fc_width, num_classes),
+            ClassScores(fc_width, num_classes),
         )
         # Parameter names copied from a trained net A by init="from_A" (Sec. 3.1): the
         # trainer keeps their learning rate undecayed, as the paper did.
@@ -106,8 +128,9 @@ class VGG(nn.Module):
         The conv weights are views of the FC weights, so no memory is duplicated."""
         side = self.image_size // DOWNSAMPLING
         convs = []
-        for linear, kernel in zip(self.classifier[::3], (side, 1, 1), strict=True):
-            conv = nn.Conv2d(linear.in_features // (kernel * kernel), linear.out_features, kernel)
+        for linear, kernel, kind in zip(self.classifier[::3], (side, 1, 1),
+                                        (nn.Conv2d, nn.Conv2d, DenseClassScores), strict=True):
+            conv = kind(linear.in_features // (kernel * kernel), linear.out_features, kernel)
             conv.weight = nn.Parameter(linear.weight.view(conv.weight.shape))
             conv.bias = linear.bias
             convs.append(conv)
