@@ -34,7 +34,6 @@ from vgg.distributed import (
     ResumableSampler,
     ShardSampler,
     all_gather_object,
-    all_reduce_sum,
     cleanup,
     init_distributed,
 )
@@ -83,6 +82,21 @@ def link_atomically(source: Path, target: Path) -> None:
         import shutil
         shutil.copyfile(source, tmp)
     os.replace(tmp, target)
+
+
+def new_interval() -> dict[str, float]:
+    """Sums over one logging interval; the gradient norm over the applied steps only."""
+    return {"loss": 0.0, "top1": 0, "samples": 0, "grad_norm": 0.0, "applied": 0,
+            "start": time.time()}
+
+
+def interval_row(interval: dict[str, float], **fields) -> dict:
+    """The metrics row of one logging interval; ``fields`` are the step's context."""
+    samples, now = interval["samples"], time.time()
+    grad_norm = interval["grad_norm"] / interval["applied"] if interval["applied"] else None
+    return {"kind": "train", **fields, "loss": interval["loss"] / samples,
+            "top1_err": 1 - interval["top1"] / samples, "grad_norm": grad_norm,
+            "images_per_s": samples / (now - interval["start"]), "time": now}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +237,8 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
     eval_model = getattr(train_model, "module", train_model)  # no DDP hooks in evaluation
 
     # ------------------------------------------------------------------ state to resume
-    epoch, step, position, best_top1, nonfinite_steps = 0, 0, 0, -1.0, 0
+    epoch, step, position, best_top1 = 0, 0, 0, -1.0
+    nonfinite_steps = overflow_steps = 0  # diverged; skipped by the fp16 GradScaler
     epoch_totals = [0.0, 0.0, 0.0, 0.0]  # loss sum, top-1, top-5 correct, samples
     wandb_id = None
     if checkpoint is not None:
@@ -245,6 +260,7 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
         schedule.update(checkpoint["step"])
         epoch, step, position = checkpoint["epoch"], checkpoint["step"], checkpoint["position"]
         best_top1, nonfinite_steps = checkpoint["best_top1"], checkpoint["nonfinite_steps"]
+        overflow_steps = checkpoint["overflow_steps"]
         epoch_totals, wandb_id = list(checkpoint["epoch_totals"]), checkpoint["wandb_run_id"]
         rngs = checkpoint["rng"]
         if len(rngs) != world and position:
@@ -270,7 +286,7 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
             stale.unlink(missing_ok=True)
         configuration.save_yaml(saved_config, run_dir / "config.yaml")
         metrics = MetricsLog(run_dir / f"metrics.{cfg.metrics_format}", cfg.metrics_format,
-                             resume_step=step if checkpoint is not None else None)
+                             resume_from=(epoch, step) if checkpoint is not None else None)
     wandb_run = None
     if main_process:
         wandb_run = init_wandb(cfg.wandb, project=cfg.wandb_project, entity=cfg.wandb_entity,
@@ -289,6 +305,7 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "epoch": next_epoch, "step": step, "position": next_position,
             "best_top1": best_top1, "nonfinite_steps": nonfinite_steps,
+            "overflow_steps": overflow_steps,
             "epoch_totals": epoch_totals, "rng": rngs, "wandb_run_id": wandb_id,
             "copied_from_A": list(model.copied_from_A)}, path)
 
@@ -319,8 +336,7 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
             sampler.set_epoch(epoch, position)
             batches = iter(train_loader)
             epoch_start, steps_done_before = time.time(), position // (micro * accumulation)
-            interval = torch.zeros(4, dtype=torch.float64)  # loss, top-1, samples, grad norm
-            interval_steps, interval_start = 0, time.time()
+            interval = new_interval()
             progress = tqdm(total=steps_per_epoch, initial=steps_done_before,
                             desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                             disable=not (main_process and cfg.progress), dynamic_ncols=True)
@@ -330,7 +346,8 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
                 result = train_step(train_model, optimizer, window, device=device,
                                     autocast_dtype=autocast_dtype, scaler=scaler,
                                     label_smoothing=cfg.label_smoothing,
-                                    grad_clip=cfg.grad_clip, channels_last=channels_last)
+                                    grad_clip=cfg.grad_clip, channels_last=channels_last,
+                                    stop_requested=bool(stop_signal))
                 step += 1
                 position += sum(len(y) for _, y in window)
                 if not result.finite:
@@ -344,35 +361,35 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
                             "Resume from it with a lower --lr, --grad_clip, or "
                             "--on_nonfinite skip")
                 else:
-                    loss, top1, top5 = result.loss_sum.item(), *result.correct.tolist()
                     n = result.samples
-                    interval += torch.tensor([loss, top1, n, result.grad_norm.item()],
-                                             dtype=torch.float64)
-                    interval_steps += 1
-                    epoch_totals = [a + b for a, b in zip(epoch_totals, (loss, top1, top5, n),
-                                                          strict=True)]
-                    progress.set_postfix(loss=f"{loss / n:.3f}", top1=f"{top1 / n:.3f}",
+                    overflow_steps += not result.applied
+                    epoch_totals = [a + b for a, b in zip(
+                        epoch_totals, (result.loss_sum, result.top1, result.top5, n),
+                        strict=True)]
+                    interval["loss"] += result.loss_sum
+                    interval["top1"] += result.top1
+                    interval["samples"] += n
+                    if result.applied:  # an fp16 overflow's gradient norm is infinite
+                        interval["grad_norm"] += result.grad_norm
+                        interval["applied"] += 1
+                    progress.set_postfix(loss=f"{result.loss_sum / n:.3f}",
+                                         top1=f"{result.top1 / n:.3f}",
                                          lr=f"{schedule.lr:.2e}", refresh=False)
                 progress.update()
-                if step % cfg.log_interval == 0 and interval_steps and main_process:
-                    elapsed = time.time() - interval_start
-                    row = {"kind": "train", "epoch": epoch + 1, "step": step,
-                           "loss": interval[0].item() / interval[2].item(),
-                           "top1_err": 1 - interval[1].item() / interval[2].item(),
-                           "lr": schedule.lr, "grad_norm": interval[3].item() / interval_steps,
-                           "images_per_s": interval[2].item() / elapsed,
-                           "nonfinite_steps": nonfinite_steps, "time": time.time()}
-                    metrics.write(row)
-                    progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
-                                         img_s=f"{row['images_per_s']:.0f}")
-                    if wandb_run is not None:
-                        wandb_run.log({f"train/{k}": v for k, v in row.items()
-                                       if k not in ("kind", "step", "time")}, step=step)
-                    interval.zero_()
-                    interval_steps, interval_start = 0, time.time()
-                signalled = all_reduce_sum(torch.tensor([float(bool(stop_signal))],
-                                                        device=device)).item() > 0
-                stopping = signalled or (cfg.max_steps is not None and step >= cfg.max_steps)
+                if step % cfg.log_interval == 0:
+                    if interval["samples"] and main_process:
+                        row = interval_row(interval, epoch=epoch + 1, step=step,
+                                           lr=schedule.lr, nonfinite_steps=nonfinite_steps,
+                                           overflow_steps=overflow_steps)
+                        metrics.write(row)
+                        progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
+                                             img_s=f"{row['images_per_s']:.0f}")
+                        if wandb_run is not None:
+                            wandb_run.log({f"train/{k}": v for k, v in row.items()
+                                           if k not in ("kind", "step", "time")
+                                           and v is not None}, step=step)
+                    interval = new_interval()
+                stopping = result.stop or (cfg.max_steps is not None and step >= cfg.max_steps)
                 if stopping or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0):
                     save(run_dir / "last.pt", epoch, position)
                 if stopping:
@@ -396,10 +413,13 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
                    "top5_err": 1 - top5 / max(n, 1), "lr": schedule.lr,
                    "val_loss": val["loss"], "val_top1_err": val["top1_err"],
                    "val_top5_err": val["top5_err"], "val_n": val["n"],
-                   "nonfinite_steps": nonfinite_steps, "time": time.time()}
+                   "nonfinite_steps": nonfinite_steps, "overflow_steps": overflow_steps,
+                   "time": time.time()}
             is_best = 1 - val["top1_err"] > best_top1
             best_top1 = max(best_top1, 1 - val["top1_err"])
             position, epoch_totals = 0, [0.0, 0.0, 0.0, 0.0]
+            if main_process:  # before last.pt: a resume from the previous one rewrites it
+                metrics.write(row)
             save(run_dir / "last.pt", epoch, 0)
             if main_process:
                 if is_best:
@@ -408,7 +428,6 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
                     link_atomically(run_dir / "last.pt", run_dir / f"epoch_{epoch:03d}.pt")
                     for old in sorted(run_dir.glob("epoch_*.pt"))[: -cfg.keep_last_k]:
                         old.unlink()
-                metrics.write(row)
                 if wandb_run is not None:
                     wandb_run.log({"epoch": epoch, "train/epoch_loss": row["loss"],
                                    "train/epoch_top1_err": row["top1_err"],

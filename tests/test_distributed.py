@@ -61,3 +61,37 @@ def test_two_process_gloo_run_counts_every_validation_sample_once(tmp_path):
     # 64 samples / (4 per micro-batch x 2 accumulation x 2 processes) = 4 steps per epoch.
     assert checkpoint["step"] == 8 and len(checkpoint["rng"]) == 2
     assert "2 process(es)" in run.stdout and "4 x 2 accumulation x 2" in run.stdout
+
+
+def step_with_a_stop_request_on_rank_1(rank: int, world: int, tmp: str) -> None:
+    import torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from vgg import build_vgg
+    from vgg.training import train_step
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous",
+                                         rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same initial weights on both
+        model = DDP(build_vgg("A", num_classes=10, in_channels=1, image_size=32, fc_width=16))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        torch.manual_seed(rank)  # different data on each
+        batch = (torch.randn(3, 1, 32, 32), torch.randint(0, 10, (3,)))
+        result = train_step(model, optimizer, [batch], device=torch.device("cpu"),
+                            stop_requested=rank == 1)
+        torch.save(vars(result), f"{tmp}/result{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_one_step_reaches_the_same_verdicts_on_every_process(tmp_path):
+    import torch
+    torch.multiprocessing.spawn(step_with_a_stop_request_on_rank_1, args=(2, str(tmp_path)),
+                                nprocs=2)
+    first, second = (torch.load(tmp_path / f"result{r}.pt", weights_only=True)
+                     for r in range(2))
+    # One all-reduce told rank 0 of rank 1's stop request and summed both shards' totals.
+    assert first == second
+    assert first["stop"] and first["samples"] == 6 and first["applied"]

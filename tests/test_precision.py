@@ -3,6 +3,7 @@ selection; a bf16 step that moves the weights like fp32; fp16 steps that go thro
 GradScaler; channels_last and torch.compile steps equal to the fp32 eager step."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -88,3 +89,23 @@ def test_compiled_step_matches_eager(reference):
     assert isinstance(trained, type(model))  # unwrap() returns the plain network
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_fp16_overflow_is_a_skipped_step_not_a_divergence(reference):
+    model, _ = reference
+    model = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = (torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
+    # A scale of 2^60 overflows fp16 (largest finite 65504) in every gradient.
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**60)
+    result = train_step(model, optimizer, [batch], device=CPU, autocast_dtype=torch.float16,
+                        scaler=scaler)
+    assert result.finite and not result.applied and not math.isfinite(result.grad_norm)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    assert scaler.get_scale() == 2.0**59  # backed off, ready for the next try
+    scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    result = train_step(model, optimizer, [batch], device=CPU, autocast_dtype=torch.float16,
+                        scaler=scaler)
+    assert result.finite and result.applied and 0 < result.grad_norm < math.inf
+    assert not any(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import train
+from vgg.atomic import replace_atomically
 from vgg.checkpoint import load_checkpoint, save_checkpoint
 from vgg.model import build_vgg
 from vgg.training import LRSchedule, MetricsLog, build_optimizer, param_groups, train_step
@@ -69,8 +70,8 @@ def test_accumulation_equals_one_big_batch():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
         torch.testing.assert_close(p.detach(), q.detach() - 0.1 * q.grad, rtol=1e-4, atol=1e-6)
     assert result.samples == 13 and result.finite
-    torch.testing.assert_close(result.loss_sum / 13, F.cross_entropy(reference(x), y).detach(),
-                               rtol=1e-5, atol=1e-6)
+    assert result.loss_sum / 13 == pytest.approx(F.cross_entropy(reference(x), y).item(),
+                                                 rel=1e-5)
 
 
 def test_plateau_divides_by_ten_at_most_three_times():
@@ -126,6 +127,37 @@ def test_bias_and_norm_exemption():
     for name, p in model.named_parameters():
         assert (id(p) in decayed) == (p.ndim > 1), name
     assert all(g["weight_decay"] == 5e-4 for g in param_groups(model, 5e-4))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_resumed_metrics_log_drops_exactly_the_rows_after_the_checkpoint(tmp_path, fmt):
+    path = tmp_path / f"metrics.{fmt}"
+    log = MetricsLog(path, fmt)
+    for step in range(1, 7):  # two epochs of three steps
+        log.write({"kind": "train", "epoch": (step - 1) // 3 + 1, "step": step})
+        if step % 3 == 0:
+            log.write({"kind": "epoch", "epoch": step // 3, "step": step})
+    # A checkpoint taken at step 6 before epoch 2's validation: epoch 2's row goes too,
+    # though its step is not after the checkpoint's.
+    MetricsLog(path, fmt, resume_from=(1, 6))
+    kept = [(r["kind"], int(r["epoch"]), int(r["step"])) for r in MetricsLog.read(path)]
+    assert kept == [("train", 1, 1), ("train", 1, 2), ("train", 1, 3), ("epoch", 1, 3),
+                    ("train", 2, 4), ("train", 2, 5), ("train", 2, 6)]
+    MetricsLog(path, fmt, resume_from=(0, 2))
+    assert [int(r["step"]) for r in MetricsLog.read(path)] == [1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_a_failed_atomic_replace_leaves_the_old_file(tmp_path):
+    path = tmp_path / "file.txt"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), replace_atomically(path) as f:
+        f.write("half of the new")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == [path.name]
+    with replace_atomically(path) as f:
+        f.write("new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 # ------------------------------------------------------------------------- whole runs

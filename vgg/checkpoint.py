@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vgg.atomic import replace_atomically
 from vgg.model import VGG, build_vgg
 
 
@@ -22,24 +23,10 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same directory, then atomically replace ``path``:
-    a crash or kill mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    # The rename is durable only once the directory entry is on disk.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write through a temporary file and an atomic rename: a crash or kill mid-write
+    leaves the previous checkpoint intact."""
+    with replace_atomically(path, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

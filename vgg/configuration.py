@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import difflib
 import inspect
-import os
 import re
 import types
 import typing
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vgg.atomic import replace_atomically
 
 
 class ConfigError(ValueError):
@@ -178,10 +179,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def save_yaml(values: Mapping[str, Any], path: str | Path) -> None:
     """Write through a temporary file and an atomic rename: a kill never leaves a run
     directory with half a config."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(dict(values), sort_keys=False))
-    os.replace(tmp, path)
+    with replace_atomically(path) as f:
+        f.write(yaml.safe_dump(dict(values), sort_keys=False))
 
 
 def field_comments(cls: type) -> dict[str, str]:

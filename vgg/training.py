@@ -25,7 +25,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import Dataset
 
-from vgg.distributed import all_reduce_sum, is_distributed
+from vgg.atomic import replace_atomically
+from vgg.distributed import all_reduce_sum, get_world_size, is_distributed
 from vgg.metrics import topk_correct
 
 # ---------------------------------------------------------------------------- optimizer
@@ -222,28 +223,37 @@ def configure_backends(device: torch.device, deterministic: bool, cudnn_benchmar
 
 @dataclass
 class StepResult:
-    """Totals of one optimizer step over all processes (tensors stay on the device
-    except ``finite``, which the step had to know)."""
+    """One optimizer step's totals over all processes, read from the device in the step's
+    one synchronisation."""
 
-    loss_sum: torch.Tensor  # summed (unscaled, un-smoothed-averaged) loss over the window
-    correct: torch.Tensor  # top-1 and top-5 correct, shape (2,)
+    loss_sum: float  # summed loss over the window (unscaled; divide by samples)
+    top1: int  # samples whose target scored highest
+    top5: int
     samples: int  # samples in the window, all processes
-    grad_norm: torch.Tensor  # global L2 norm of the gradient before clipping
-    finite: bool  # False: non-finite loss or gradient; the update was skipped
+    grad_norm: float  # global L2 norm of the gradient before clipping
+    finite: bool  # False: the loss, or (without a GradScaler) the gradient, is not finite
+    applied: bool  # the optimizer stepped: finite, and no fp16 overflow for the GradScaler
+    stop: bool  # some process passed stop_requested
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
                window: Sequence[tuple[torch.Tensor, torch.Tensor]], *, device: torch.device,
                autocast_dtype: torch.dtype | None = None,
                scaler: torch.amp.GradScaler | None = None, label_smoothing: float = 0.0,
-               grad_clip: float | None = None, channels_last: bool = False) -> StepResult:
+               grad_clip: float | None = None, channels_last: bool = False,
+               stop_requested: bool = False) -> StepResult:
     """One optimizer step over ``window``, this process's micro-batches of one effective
     batch. The loss of each micro-batch is its summed loss divided by the number of samples
     in the whole window, so the accumulated gradient equals that of one big batch, also for
     a short last window. Under DDP the gradient all-reduce runs only on the last micro-batch
     (``no_sync``); every process must hold the same number of samples (ResumableSampler
-    guarantees it), so DDP's average over processes is the global batch mean. A non-finite
-    loss or gradient skips the update (gradients zeroed) and returns ``finite=False``."""
+    guarantees it), so DDP's average over processes is the global batch mean.
+
+    A non-finite loss or gradient skips the update (gradients zeroed) and returns
+    ``finite=False``. With a GradScaler (fp16) a non-finite gradient is an overflow, not a
+    divergence: the scaler skips that update and lowers its scale (``applied=False``,
+    ``finite=True``). Every process reaches the same verdicts, and learns whether any of
+    them asked to stop, through one small all-reduce that the step needs anyway."""
     optimizer.zero_grad(set_to_none=True)
     window_samples = sum(len(y) for _, y in window)
     loss_sum = torch.zeros((), device=device)
@@ -267,27 +277,28 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     grads = [p.grad for group in optimizer.param_groups for p in group["params"]
              if p.grad is not None]
     grad_norm = torch.nn.utils.get_total_norm(grads, foreach=True)
-    # One small all-reduce: global loss and accuracy for the log, and one verdict on
-    # finiteness so that every process skips or steps together.
-    bad_loss = (~torch.isfinite(loss_sum)).float()
-    bad_grad = (~torch.isfinite(grad_norm)).float() if scaler is None else bad_loss * 0
-    totals = all_reduce_sum(torch.stack([loss_sum.float(), correct[0].float(),
-                                         correct[1].float(), bad_loss + bad_grad]))
-    finite = bool(totals[3].item() == 0)
-    if finite:
+    # DDP has already averaged the gradients, so the norm is the same on every process and
+    # stays out of the sum.
+    flags = torch.stack([~torch.isfinite(loss_sum), ~torch.isfinite(grad_norm),
+                         torch.full((), stop_requested, device=device)]).float()
+    totals = all_reduce_sum(torch.cat([loss_sum.float()[None], correct.float(), flags]))
+    loss, top1, top5, bad_loss, bad_grad, stop, norm = \
+        torch.cat([totals, grad_norm.float()[None]]).tolist()
+    finite = bad_loss == 0 and (bad_grad == 0 or scaler is not None)
+    applied = bad_loss == 0 and bad_grad == 0
+    if applied:
         if grad_clip is not None:
             torch.nn.utils.clip_grads_with_norm_(grads, grad_clip, grad_norm, foreach=True)
         if scaler is not None:
             scaler.step(optimizer)
-            scaler.update()
         else:
             optimizer.step()
     else:
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.update()
-    world = torch.distributed.get_world_size() if is_distributed() else 1
-    return StepResult(totals[0], totals[1:3].long(), window_samples * world, grad_norm, finite)
+    if scaler is not None:
+        scaler.update()  # lowers the scale after an overflow, raises it after a good run
+    return StepResult(loss, int(top1), int(top5), window_samples * get_world_size(), norm,
+                      finite, applied, stop > 0)
 
 
 @torch.no_grad()
@@ -372,21 +383,25 @@ def seed_everything(seed: int) -> None:
 
 METRIC_FIELDS = ("kind", "epoch", "step", "loss", "top1_err", "top5_err", "lr", "grad_norm",
                  "images_per_s", "val_loss", "val_top1_err", "val_top5_err", "val_n",
-                 "nonfinite_steps", "time")
+                 "nonfinite_steps", "overflow_steps", "time")
 
 
 class MetricsLog:
     """One row per logging interval (``kind=train``) and per epoch (``kind=epoch``), as
-    JSON lines or CSV. Opening it for a resumed run drops the rows written after the
-    checkpoint being resumed (they will be written again)."""
+    JSON lines or CSV. Opening it with ``resume_from=(epochs_done, step)`` of the
+    checkpoint being resumed drops, in one atomic rewrite, the rows written after that
+    checkpoint: the resumed run writes them again."""
 
-    def __init__(self, path: str | Path, fmt: str = "jsonl", resume_step: int | None = None):
+    def __init__(self, path: str | Path, fmt: str = "jsonl",
+                 resume_from: tuple[int, int] | None = None):
         self.path, self.fmt = Path(path), fmt
-        if resume_step is not None and self.path.exists():
-            rows = [r for r in self.read(self.path) if int(r["step"]) <= resume_step]
-            self.path.unlink()
-            for row in rows:
-                self.write(row)
+        if resume_from is not None and self.path.exists():
+            epochs_done, step = resume_from
+            kept = [row for row in self.read(self.path)
+                    if (int(row["epoch"]) <= epochs_done if row["kind"] == "epoch"
+                        else int(row["step"]) <= step)]
+            with replace_atomically(self.path, newline="") as f:
+                self._write(f, kept, header=True)
 
     @staticmethod
     def read(path: str | Path) -> list[dict[str, Any]]:
@@ -397,16 +412,18 @@ class MetricsLog:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def write(self, row: dict[str, Any]) -> None:
-        if self.fmt == "jsonl":
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            return
         new = not self.path.exists()
         with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+            self._write(f, [row], header=new)
+
+    def _write(self, f, rows: list[dict[str, Any]], header: bool) -> None:
+        if self.fmt == "jsonl":
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+            return
+        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        if header:
+            writer.writeheader()
+        writer.writerows(rows)
 
 
 def wandb_mode(requested: str) -> str:
