@@ -197,7 +197,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                             for q in scales])
     dataset = dataset_class.build_dataset(
         dataset_name, args.split, data_root, transform, on_corrupt=args.on_corrupt,
-        val_fraction=config.get("val_fraction", 0.1), seed=config.get("seed", 0))
+        val_fraction=config.get("val_fraction", 0.1))  # the held-out split train.py used
     class_names = getattr(dataset, "classes", None)
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))

@@ -153,7 +153,9 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
         ratio = image_size / spec.image_size
         scale = cfg.train_scale or tuple(round(s * ratio) for s in spec.train_scale)
         val_scale = round(sum(scale) / 2)  # Sec. 3.2: Q = S, or (Smin + Smax) / 2 if jittered
-        common = {"val_fraction": cfg.val_fraction, "seed": 0, "download": cfg.download}
+        # The held-out split depends on val_fraction alone (build_dataset's fixed seed), not
+        # on --seed: evaluate.py rebuilds it from the checkpoint's config.
+        common = {"val_fraction": cfg.val_fraction, "download": cfg.download}
         train_set = dataset_class.build_dataset(
             cfg.dataset, "train", cfg.data_root,
             dataset_class.train_transform(spec, image_size, scale, cfg.color_shift), **common)

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from vgg.checkpoint import load_checkpoint
-from vgg.distributed import ResumableSampler, ShardSampler, all_reduce_sum, shard_indices
+from vgg.distributed import (
+    ResumableSampler,
+    ShardSampler,
+    all_reduce_sum,
+    collective_device,
+    shard_indices,
+)
 from vgg.training import MetricsLog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +45,7 @@ def test_all_reduce_is_identity_alone():
     import torch
     t = torch.tensor([1.0, 2.0])
     assert all_reduce_sum(t) is t and t.tolist() == [1.0, 2.0]
+    assert collective_device() == torch.device("cpu")
 
 
 @pytest.mark.slow

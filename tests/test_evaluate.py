@@ -457,3 +457,23 @@ def test_distributed_evaluation_counts_every_sample_once(checkpoints, tmp_path):
         assert two[key] == one[key]
     confusion = [(tmp_path / f"{n}_confusion.csv").read_text() for n in ("one", "two")]
     assert confusion[0] == confusion[1]
+
+
+def test_val_split_is_the_one_the_run_held_out(tmp_path):
+    # A run with a non-default --seed: evaluate.py must rebuild the same held-out images,
+    # not a fresh 10% of the training set (mostly images the network was trained on).
+    import train
+
+    run_dir = tmp_path / "seeded"
+    assert train.main(["--dataset", "Digits", "--model_version", "A", "--fc_width", "64",
+                       "--train_subset", "256", "--batch_size", "32", "--epochs", "1",
+                       "--lr", "0.01", "--seed", "7", "--workers", "0", "--device", "cpu",
+                       "--wandb", "disabled", "--progress", "false", "--out_dir",
+                       str(tmp_path), "--run_name", run_dir.name]) == 0
+    epoch = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert run_cli("--checkpoint", run_dir / "best.pt", "--split", "val", "--protocol",
+                   "center", "--scale", 32, "--workers", 0, "--no_progress",
+                   "--out", tmp_path / "val.json") == 0
+    result = json.loads((tmp_path / "val.json").read_text())
+    assert result["samples"] == epoch["val_n"]
+    assert result["top1_correct"] == round((1 - epoch["val_top1_err"]) * epoch["val_n"])

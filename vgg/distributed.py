@@ -60,11 +60,24 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def collective_device() -> torch.device:
+    """Where the process group's collectives take tensors: NCCL only reduces CUDA tensors
+    (gloo takes both)."""
+    if is_distributed() and dist.get_backend() == dist.Backend.NCCL:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over all processes, in place; returns it (unchanged when alone)."""
-    if is_distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
+    """``tensor`` summed over all processes, on ``tensor``'s device (in place when that is
+    the collective's device; ``tensor`` itself when alone). Counts kept on the CPU, such as
+    evaluate.py's tally, travel to the GPU and back under NCCL."""
+    if not is_distributed():
+        return tensor
+    device = collective_device() if tensor.device.type == "cpu" else tensor.device
+    reduced = tensor.to(device)
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced.to(tensor.device)
 
 
 def all_gather_object(obj) -> list:
