@@ -469,14 +469,17 @@ def train_transform(spec: DatasetSpec, image_size: int, scale: tuple[int, int] |
 
 
 def eval_transform(spec: DatasetSpec, image_size: int, scale: int | None = None,
-                   crop: bool = True) -> EvalTransform:
+                   crop: bool = True, *, antialias: bool = False) -> EvalTransform:
     """Test-time transform: rescale to Q = `scale`, then the centre image_size crop, or with
     crop=False the whole rescaled image (dense evaluation). Q defaults to the paper's single
     test scale for the default training scale, 0.5 (Smin + Smax) (= S when fixed), resized
-    with image_size: 256 for ImageNet at 224, image_size for the small datasets."""
+    with image_size: 256 for ImageNet at 224, image_size for the small datasets.
+    `antialias` resizes as torchvision's PIL pipeline does (PIL's antialiased bilinear), for
+    torchvision's weights; the default matches this toolkit's training resampling."""
     if scale is None:
         scale = round(sum(spec.train_scale) / 2 * image_size / spec.image_size)
-    return EvalTransform(scale, image_size if crop else None, spec.mean, spec.std)
+    return EvalTransform(scale, image_size if crop else None, spec.mean, spec.std,
+                         antialias=antialias)
 
 
 # ------------------------------------------------------------------------------- loaders

@@ -193,7 +193,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _, world_size, _, device = distributed.init_distributed(args.device)
     main_process = distributed.is_main()
 
-    transform = MultiScale([dataset_class.eval_transform(spec, image_size, scale=q, crop=False)
+    transform = MultiScale([dataset_class.eval_transform(spec, image_size, scale=q, crop=False,
+                                                         antialias=first.antialias)
                             for q in scales])
     dataset = dataset_class.build_dataset(
         dataset_name, args.split, data_root, transform, on_corrupt=args.on_corrupt,
@@ -230,7 +231,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     confusion_path = out.with_name(out.stem + "_confusion.csv")
     results = {
         "dataset": dataset_name, "split": args.split, "protocol": args.protocol,
-        "scales": scales, "flip": flip, "table_row": row, **summary,
+        "scales": scales, "flip": flip,
+        "resize": "PIL antialiased bilinear" if first.antialias else "bilinear",
+        "table_row": row, **summary,
         "networks": [{"source": n.source, "version": n.version, "batch_norm": n.batch_norm,
                       "image_size": n.image_size, "num_classes": n.num_classes,
                       "train_scale": list(n.train_scale) if n.train_scale else None}

@@ -3,7 +3,6 @@ hand computations and torchvision's own model."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -261,10 +260,10 @@ def test_torchvision_weights_give_torchvision_predictions(tmp_path, capsys):
         network_from_torchvision(truncated)
 
     # evaluate.py end to end on an image folder: the same counts as torchvision's model on
-    # the centre crops that dataset_class's own eval transform gives (ImageNet normalisation)
+    # torchvision's own preprocessing (PIL, antialiased Resize(256), CenterCrop(224))
     import cv2
-
-    import dataset_class
+    from PIL import Image
+    from torchvision.transforms import v2
 
     rng = np.random.default_rng(0)
     for split, per_class in (("train", 1), ("test", 3)):
@@ -274,12 +273,12 @@ def test_torchvision_weights_give_torchvision_predictions(tmp_path, capsys):
                 file.parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(file), rng.integers(0, 256, (240 + 20 * i, 300, 3), np.uint8))
     root = tmp_path / "folder"
-    spec = dataclasses.replace(dataset_class.dataset_spec("ImageFolder", root),
-                               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    test_set = dataset_class.build_dataset(
-        "ImageFolder", "test", root, dataset_class.eval_transform(spec, 224, 256, crop=True))
-    inputs = torch.stack([test_set[i][0] for i in range(len(test_set))])
-    labels = torch.tensor([test_set[i][1] for i in range(len(test_set))])
+    preprocess = v2.Compose([v2.Resize(256), v2.CenterCrop(224), v2.PILToTensor(),
+                             v2.ToDtype(torch.float32, scale=True),
+                             v2.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    files = sorted((root / "test").glob("*/*.png"))
+    inputs = torch.stack([preprocess(Image.open(f).convert("RGB")) for f in files])
+    labels = torch.tensor([int(f.parent.name.removeprefix("class")) for f in files])
     with torch.no_grad():
         tally = Tally(3)
         tally.update(reference(inputs), labels)
@@ -289,6 +288,7 @@ def test_torchvision_weights_give_torchvision_predictions(tmp_path, capsys):
                    "--no_progress") == 0
     results = json.loads(out.read_text())
     assert results["scales"] == [256] and results["samples"] == 9
+    assert results["resize"] == "PIL antialiased bilinear"  # as torchvision trained them
     for key in ("top1_correct", "top5_correct"):
         assert results[key] == tally.summary()[key]
     assert results["per_class"] == tally.summary()["per_class"]
@@ -475,5 +475,5 @@ def test_val_split_is_the_one_the_run_held_out(tmp_path):
                    "center", "--scale", 32, "--workers", 0, "--no_progress",
                    "--out", tmp_path / "val.json") == 0
     result = json.loads((tmp_path / "val.json").read_text())
-    assert result["samples"] == epoch["val_n"]
+    assert result["samples"] == epoch["val_n"] and result["resize"] == "bilinear"  # as trained
     assert result["top1_correct"] == round((1 - epoch["val_top1_err"]) * epoch["val_n"])

@@ -7,7 +7,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.v2 as tv2
 import torchvision.transforms.v2.functional as tvf
+from PIL import Image
 from scipy import stats
 
 from dataset_class import dataset_spec, eval_transform, train_transform
@@ -168,3 +170,61 @@ def test_default_scales_follow_the_spec_and_the_paper():
     assert not train_transform(mnist, 32).color_shift  # greyscale: no RGB eigenvectors
     with pytest.raises(ValueError, match="does not fit"):
         train_transform(imagenet, 224, scale=(200, 300))
+
+
+def textured(height: int, width: int, channels: int = 3) -> np.ndarray:
+    """Natural-ish texture: noise blurred to a few-pixel grain, with hard stripe edges."""
+    noise = RNG.normal(128, 60, (height, width, channels)).astype(np.float32)
+    grain = cv2.GaussianBlur(noise, (0, 0), 0.8).reshape(height, width, channels)
+    stripes = 40 * np.sign(np.sin(np.arange(width) / 2.3 + np.arange(height)[:, None] / 3.1))
+    image = np.clip(grain + stripes[..., None], 0, 255).astype(np.uint8)
+    return image[..., 0] if channels == 1 else image
+
+
+def torchvision_pil_reference(image: np.ndarray, scale: int, size: int | None) -> np.ndarray:
+    """torchvision's ImageNet evaluation on a PIL image: Resize(Q) (always antialiased for
+    PIL), then CenterCrop(size); the pipeline behind its published accuracies."""
+    steps = [tv2.Resize(scale)] + ([tv2.CenterCrop(size)] if size is not None else [])
+    return np.asarray(tv2.Compose(steps)(Image.fromarray(image))).astype(int)
+
+
+def as_uint8_hwc(tensor: torch.Tensor) -> np.ndarray:
+    """Undo Normalize(mean 0, std 1): (C, H, W) floats in [0, 1] -> (H, W, C) grey levels."""
+    return np.rint(tensor.numpy().transpose(1, 2, 0) * 255).astype(int)
+
+
+@pytest.mark.parametrize("height, width, scale, size", [
+    (45, 60, 32, 28),    # shrink 1.41: bilinear without antialiasing skips no pixel but blurs less
+    (60, 44, 32, 28),    # portrait, odd crop offset (round half to even)
+    (130, 97, 24, 20),   # shrink 4.04: beyond the 2x INTER_AREA pre-shrink
+    (21, 30, 40, 36),    # upscale: antialiasing does nothing, both modes agree with PIL
+])
+def test_antialiased_eval_matches_torchvision_pil_resize_and_centre_crop(height, width, scale,
+                                                                        size):
+    image = textured(height, width)
+    expected = torchvision_pil_reference(image, scale, size)
+    antialiased = as_uint8_hwc(EvalTransform(scale, size, [0] * 3, [1] * 3, antialias=True)(image))
+    assert antialiased.shape == expected.shape
+    # PIL itself does the resampling: equal up to the float normalisation's rounding.
+    assert np.abs(antialiased - expected).max() <= 1
+    assert np.abs(antialiased - expected).mean() <= 0.05
+    plain = as_uint8_hwc(EvalTransform(scale, size, [0] * 3, [1] * 3)(image))
+    plain_error = np.abs(plain - expected)
+    if scale < min(height, width):  # shrinking: the default mode is many levels off
+        assert plain_error.mean() > 2 and plain_error.max() > 10
+    else:
+        assert plain_error.mean() < 1
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_antialiased_dense_eval_returns_the_whole_pil_resized_image(channels):
+    image = textured(50, 70, channels)
+    transform = eval_transform(dataset_spec("ImageNet"), 224, scale=36, crop=False,
+                               antialias=True)
+    transform.normalize = Normalize([0] * channels, [1] * channels)
+    assert transform.antialias and transform.size is None
+    got = transform(image)
+    assert got.shape == (channels, *rescaled_size(50, 70, 36)) == (channels, 36, 50)
+    expected = torchvision_pil_reference(image, 36, None).reshape(36, 50, channels)
+    assert np.abs(as_uint8_hwc(got) - expected).max() <= 1
+    assert not eval_transform(dataset_spec("ImageNet"), 224).antialias  # opt-in

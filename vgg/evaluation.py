@@ -165,6 +165,9 @@ class Network:
     batch_norm: bool
     train_scale: tuple[int, int] | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    # Test images are resampled as the network's training images were: torchvision trained
+    # on PIL's antialiased resizes, this toolkit's trainer on a plain bilinear warp.
+    antialias: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -227,7 +230,7 @@ def network_from_torchvision(path: str | os.PathLike, version: str | None = None
                       batch_norm=batch_norm, init=None, fc_width=fc1.shape[0])
     name = TORCHVISION_NAMES.get(version, f"config {version}") + ("_bn" if batch_norm else "")
     load_model_state(model, state, f"{path} (loaded as torchvision {name})")
-    return Network(model, str(path), version, batch_norm)
+    return Network(model, str(path), version, batch_norm, antialias=True)
 
 
 def check_ensemble(networks: Sequence[Network]) -> None:
