@@ -428,7 +428,8 @@ def build_dataset(name: str, split: str, root: str | os.PathLike,
                   on_corrupt: str = "skip") -> ArrayDataset | ImageFileDataset:
     """Split "train", "val" or "test" of a registered dataset under `root`, items
     (transform(image), label). Without an official validation split, "val" is the seeded
-    `val_fraction` of the training set and "train" the rest (disjoint, fixed by `seed`).
+    `val_fraction` of the training set and "train" the rest (disjoint, fixed by `seed`;
+    train.py and evaluate.py keep the default, so a run's --seed never moves the split).
     Unreadable image files are skipped and counted (on_corrupt="skip") or raise ("error")."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
