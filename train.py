@@ -422,10 +422,13 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
             position, epoch_totals = 0, [0.0, 0.0, 0.0, 0.0]
             if main_process:  # before last.pt: a resume from the previous one rewrites it
                 metrics.write(row)
-            save(run_dir / "last.pt", epoch, 0)
+            # A new best is written as best.pt first and only then becomes last.pt: a kill
+            # in between resumes from the previous last.pt, never from a last.pt whose
+            # best_top1 claims a best.pt that was not written.
+            save(run_dir / ("best.pt" if is_best else "last.pt"), epoch, 0)
             if main_process:
                 if is_best:
-                    link_atomically(run_dir / "last.pt", run_dir / "best.pt")
+                    link_atomically(run_dir / "best.pt", run_dir / "last.pt")
                 if cfg.keep_last_k:
                     link_atomically(run_dir / "last.pt", run_dir / f"epoch_{epoch:03d}.pt")
                     for old in sorted(run_dir.glob("epoch_*.pt"))[: -cfg.keep_last_k]:

@@ -316,6 +316,28 @@ def test_csv_metrics_and_best_checkpoint(tmp_path):
                                     if r["kind"] == "epoch")
 
 
+def test_killed_between_best_and_last_no_checkpoint_claims_a_missing_best(tmp_path,
+                                                                         monkeypatch):
+    run_dir = tmp_path / "b"
+    args = tiny(run_dir, "--checkpoint_interval", "3")
+    real_link = train.link_atomically
+
+    def killed(source, target):  # the process dies after the epoch's first checkpoint write
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "link_atomically", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args)
+    last, best = (load_checkpoint(run_dir / name) for name in ("last.pt", "best.pt"))
+    assert (last["epoch"], last["step"], last["best_top1"]) == (0, 6, -1.0)  # mid-epoch save
+    assert (best["epoch"], best["step"]) == (1, 6) and best["best_top1"] > 0
+    monkeypatch.setattr(train, "link_atomically", real_link)
+    assert train.main(["--resume", str(run_dir)]) == 0  # validates epoch 1 again
+    assert [r["epoch"] for r in rows(run_dir, "epoch")] == [1, 2]
+    final, best = (load_checkpoint(run_dir / name) for name in ("last.pt", "best.pt"))
+    assert final["step"] == 12 and final["best_top1"] == best["best_top1"]
+
+
 def wandb_history(path: Path) -> list[dict]:
     """The history rows of an offline run's .wandb file (LevelDB-style log of protobuf
     records: 7-byte header, 32 KiB blocks, each record crc32, length, type, payload)."""
