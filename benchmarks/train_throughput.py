@@ -7,11 +7,14 @@
 All variants run in this one process on the same synthetic batch, already on the device,
 so only the training step differs:
   reference fp32  the plain step of torchvision's references/classification/train.py
-                  (NCHW, fp32, SGD with torch's default foreach kernels)
+                  (NCHW, fp32, SGD with torch's default foreach kernels), with the per-step
+                  top-1/top-5 and .item() reads of its MetricLogger, under its backend
+                  settings: cudnn.benchmark on, TF32 at PyTorch's defaults (matmuls off)
   reference amp   the same with its --amp: fp16 autocast and a GradScaler
   ours            vgg.training.train_step with the trainer's defaults: bf16 autocast on
-                  GPU (fp32 on CPU), channels_last on GPU, fused SGD on GPU; torch.compile
-                  off and on
+                  GPU (fp32 on CPU), channels_last on GPU, fused SGD on GPU, and train.py's
+                  configure_backends (TF32 on GPU); torch.compile off and on
+Each variant's backend settings are restored after it, so none leaks into the next.
 Warm-up steps (and compilation) are excluded from the timings.
 """
 
@@ -22,9 +25,10 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +36,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from config import Config  # noqa: E402
 from vgg.model import DOWNSAMPLING, build_vgg  # noqa: E402
-from vgg.training import build_optimizer, precision_setup, prepare_model, train_step  # noqa: E402
+from vgg.training import (  # noqa: E402
+    build_optimizer,
+    configure_backends,
+    precision_setup,
+    prepare_model,
+    train_step,
+)
 
 TORCHVISION_NAMES = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
 LR, MOMENTUM, WEIGHT_DECAY = 1e-2, 0.9, 5e-4  # the paper's, and both steps'
@@ -52,10 +63,15 @@ def reference_network(version: str, image_size: int, num_classes: int, seed: int
 
 
 def reference_step(model: nn.Module, optimizer: torch.optim.Optimizer, image: torch.Tensor,
-                   target: torch.Tensor, scaler: torch.amp.GradScaler | None) -> torch.Tensor:
-    """torchvision references/classification/train.py, train_one_epoch's step."""
+                   target: torch.Tensor, scaler: torch.amp.GradScaler | None
+                   ) -> tuple[float, float, float]:
+    """torchvision references/classification/train.py, train_one_epoch's step, metrics
+    included: utils.accuracy's top-1/top-5 of the step's output, and the MetricLogger's
+    .item() reads of loss, acc1 and acc5, which wait for the device every step.
+    Returns (loss, acc1, acc5), the accuracies in percent as torchvision logs them."""
     with torch.autocast(image.device.type, enabled=scaler is not None):
-        loss = F.cross_entropy(model(image), target)
+        output = model(image)
+        loss = F.cross_entropy(output, target)
     optimizer.zero_grad()
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -64,7 +80,58 @@ def reference_step(model: nn.Module, optimizer: torch.optim.Optimizer, image: to
     else:
         loss.backward()
         optimizer.step()
-    return loss
+    acc1, acc5 = reference_accuracy(output, target, topk=(1, 5))
+    return loss.item(), acc1.item(), acc5.item()
+
+
+def reference_accuracy(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...]
+                       ) -> list[torch.Tensor]:
+    """torchvision references/classification/utils.py's accuracy: the percentage of
+    samples whose target is among the k highest scores, for each k, as device scalars."""
+    with torch.inference_mode():
+        _, predicted = output.topk(max(topk), dim=1, largest=True, sorted=True)
+        hits = predicted.t() == target[None]
+        return [hits[:k].flatten().sum(dtype=torch.float32) * (100.0 / len(target))
+                for k in topk]
+
+
+CUDNN_FLAGS = ("benchmark", "deterministic", "allow_tf32")
+
+
+@contextmanager
+def backends(configure: Callable[[], None]) -> Iterator[None]:
+    """Run a variant under the backend settings ``configure`` makes, and restore the
+    previous ones afterwards, so that no variant's settings (TF32, cudnn autotuning,
+    deterministic algorithms) leak into the variants measured after it."""
+    cudnn = {flag: getattr(torch.backends.cudnn, flag) for flag in CUDNN_FLAGS}
+    matmul = torch.get_float32_matmul_precision()  # torch.backends.cuda.matmul.allow_tf32
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        configure()
+        yield
+    finally:
+        for flag, value in cudnn.items():
+            setattr(torch.backends.cudnn, flag, value)
+        torch.set_float32_matmul_precision(matmul)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+
+
+def reference_backends() -> None:
+    """What torchvision's train.py sets (cudnn.benchmark, without
+    --use-deterministic-algorithms), the rest at PyTorch's defaults: TF32 convolutions
+    on, TF32 matmuls off."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.deterministic = False
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.use_deterministic_algorithms(False)
+
+
+def our_backends(device: torch.device) -> Callable[[], None]:
+    """What train.py sets with the trainer's defaults: TF32 matmuls and convolutions on
+    GPU, cudnn.benchmark on."""
+    return lambda: configure_backends(device, Config.deterministic, Config.cudnn_benchmark)
 
 
 def reference_variant(version, image_size, num_classes, device, seed, amp):
@@ -147,11 +214,13 @@ def throughput(args, device: torch.device) -> None:
     target = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator
                            ).to(device)
     common = (args.model_version, args.image_size, args.num_classes, device, args.seed)
-    variants = {
-        "reference fp32": lambda: reference_variant(*common, amp=False),
-        "reference amp (fp16)": lambda: reference_variant(*common, amp=True),
-        "ours": lambda: our_variant(*common, compile_model=False),
-        "ours + compile": lambda: our_variant(*common, compile_model=True),
+    variants = {  # name: (build it, its backend settings)
+        "reference fp32": (lambda: reference_variant(*common, amp=False), reference_backends),
+        "reference amp (fp16)": (lambda: reference_variant(*common, amp=True),
+                                 reference_backends),
+        "ours": (lambda: our_variant(*common, compile_model=False), our_backends(device)),
+        "ours + compile": (lambda: our_variant(*common, compile_model=True),
+                           our_backends(device)),
     }
     if device.type != "cuda":  # fp16 autocast + GradScaler is a GPU recipe
         del variants["reference amp (fp16)"]
@@ -163,9 +232,10 @@ def throughput(args, device: torch.device) -> None:
           f"{args.batch_size}, {args.num_classes} classes, {device} ({hardware}), warm-up "
           f"{args.warmup}, timed {args.steps} steps, torch {torch.__version__}")
     results = {}
-    for name, make in variants.items():
-        _, step = make()
-        results[name] = measure(step, image, target, device, args.warmup, args.steps)
+    for name, (make, configure) in variants.items():
+        with backends(configure):
+            _, step = make()
+            results[name] = measure(step, image, target, device, args.warmup, args.steps)
         del step
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -180,67 +250,135 @@ def throughput(args, device: torch.device) -> None:
     print(f"(peak memory: {kind} during the timed steps)")
 
 
+class Linear(NamedTuple):
+    """Bytes that grow linearly with the batch: ``fixed + per_image * batch``."""
+
+    fixed: int
+    per_image: int
+
+    @classmethod
+    def through(cls, one: int, two: int) -> Linear:
+        """The line through the bytes at batch 1 and at batch 2."""
+        return cls(fixed=2 * one - two, per_image=two - one)
+
+    def at(self, batch: int) -> int:
+        return self.fixed + self.per_image * batch
+
+
+class SavedBytes(NamedTuple):
+    """The bytes autograd holds for backward at its peak, as a function of the batch.
+    Without activation checkpointing: what the forward saves (``held``). With it, backward
+    recomputes one stage at a time, so on top of ``held`` (the stage inputs and the
+    classifier's tensors) it holds what one stage saves: the largest ``recomputed`` one at
+    that batch. Each part is linear in the batch, their maximum is not: under bf16 the
+    last stage (its fixed bf16 weight copies) is the largest at a batch of one or two and
+    the first (its activations) at real batches, so this takes the maximum per batch."""
+
+    held: Linear
+    recomputed: tuple[Linear, ...] = ()  # one per stage; empty without checkpointing
+
+    def at(self, batch: int) -> int:
+        return self.held.at(batch) + max((s.at(batch) for s in self.recomputed), default=0)
+
+    def largest_stage(self, batch: int) -> int | None:
+        """The recomputed stage (1-based) that sets the peak at ``batch``."""
+        if not self.recomputed:
+            return None
+        return 1 + max(range(len(self.recomputed)), key=lambda i: self.recomputed[i].at(batch))
+
+    def line(self, batch: int) -> Linear:
+        """Fixed and per-image bytes of the line that sets the peak at ``batch``."""
+        stage = self.largest_stage(batch)
+        extra = self.recomputed[stage - 1] if stage else Linear(0, 0)
+        return Linear(self.held.fixed + extra.fixed, self.held.per_image + extra.per_image)
+
+
+def saved_bytes_by_batch(model: nn.Module, dtype: torch.dtype | None) -> SavedBytes:
+    """SavedBytes measured at batch 1 and 2, each part separately."""
+    held = Linear.through(held_bytes(model, 1, dtype), held_bytes(model, 2, dtype))
+    if not model.activation_checkpointing:
+        return SavedBytes(held)
+    one, two = recomputed_bytes(model, 1, dtype), recomputed_bytes(model, 2, dtype)
+    return SavedBytes(held, tuple(Linear.through(a, b) for a, b in zip(one, two, strict=True)))
+
+
 def saved_bytes(model: nn.Module, batch: int, dtype: torch.dtype | None) -> int:
-    """Bytes autograd holds for backward at its peak, counted from the tensors themselves
+    """SavedBytes measured directly at ``batch``."""
+    held = held_bytes(model, batch, dtype)
+    if not model.activation_checkpointing:
+        return held
+    return held + max(recomputed_bytes(model, batch, dtype))
+
+
+def held_bytes(model: nn.Module, batch: int, dtype: torch.dtype | None) -> int:
+    """What the forward leaves saved for backward (with activation checkpointing: the
+    stage inputs and the classifier's tensors), counted from the tensors themselves
     (saved_tensors_hooks), so the figure is the same on any device; deduplicated by
-    storage, as the allocator holds each storage once. With activation checkpointing,
-    backward recomputes one stage at a time: its largest stage is held on top."""
-    if model.activation_checkpointing:
-        model.activation_checkpointing = False
-        stage_inputs = [torch.Size((batch, 3, model.image_size, model.image_size))]
-        stages = model.stages()
-        with torch.device("meta"):
-            for stage in stages[:-1]:
-                stage_inputs.append(stage(torch.empty(stage_inputs[-1])).shape)
-        recomputed = max(saved_tensor_bytes(stage, shape, dtype, model.parameters())
-                         for stage, shape in zip(stages, stage_inputs, strict=True))
-        model.activation_checkpointing = True
-        shape = (batch, 3, model.image_size, model.image_size)
-        return saved_tensor_bytes(model, shape, dtype, model.parameters()) + recomputed
-    shape = (batch, 3, model.image_size, model.image_size)
-    return saved_tensor_bytes(model, shape, dtype, model.parameters())
+    storage, as the allocator holds each storage once. Parameters are not counted (they
+    are in the fp32 state); autocast's low-precision copies of them are."""
+    image = torch.randn(batch, 3, model.image_size, model.image_size)
+    return saved_tensor_bytes(model, image, dtype, model.parameters())[0]
 
 
-def saved_tensor_bytes(module: nn.Module, input_shape, dtype, parameters) -> int:
-    params = {p.untyped_storage().data_ptr() for p in parameters}
+def recomputed_bytes(model: nn.Module, batch: int, dtype: torch.dtype | None) -> list[int]:
+    """Per stage, what its recomputation in backward saves beyond ``held_bytes``: its input
+    is held already (and, where a layer saves that very tensor, counted once)."""
+    x = torch.randn(batch, 3, model.image_size, model.image_size)
+    sizes = []
+    for stage in model.stages():
+        size, x = saved_tensor_bytes(stage, x, dtype, [*model.parameters(), x])
+        sizes.append(size)
+        x = x.detach().requires_grad_()  # later stages' inputs require grad, as in training
+    return sizes
+
+
+def saved_tensor_bytes(module: nn.Module, x: torch.Tensor, dtype, exclude
+                       ) -> tuple[int, torch.Tensor]:
+    """Bytes of the storages ``module(x)`` saves for backward, leaving out those of the
+    tensors in ``exclude``; and its output."""
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
     storages: dict[int, int] = {}
 
     def pack(tensor):
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
+        if storage.data_ptr() not in excluded:
             storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     autocast = torch.autocast("cpu", dtype=dtype) if dtype else nullcontext()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
-        module(torch.randn(input_shape))
-    return sum(storages.values())
+        output = module(x)
+    return sum(storages.values()), output
 
 
 def saved_activation_memory(args) -> None:
     """Measured saved-activation bytes, split into what grows with the batch (per image)
     and what does not (autocast's low-precision weight copies), and what batches of
     64/128/256 need with the fp32 weights, gradients and SGD momentum added."""
+    batches = (64, 128, 256)
     model = build_vgg(args.model_version, image_size=args.image_size, init=None)
     params = sum(p.numel() for p in model.parameters())
     state = params * 4 * 3
     print(f"config {args.model_version} at {args.image_size}x{args.image_size}: {params:,} "
           f"parameters; fp32 weights + gradients + momentum = {state / 2**30:.2f} GiB")
     print(f"{'precision':<10}{'checkpointing':<15}{'per image':>12}{'fixed':>12}"
-          + "".join(f"{f'batch {b}':>12}" for b in (64, 128, 256)))
+          + "".join(f"{f'batch {b}':>12}" for b in batches))
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         for checkpointing in (False, True):
             model.activation_checkpointing = checkpointing
-            one, three = saved_bytes(model, 1, dtype), saved_bytes(model, 3, dtype)
-            per_image = (three - one) // 2
-            fixed = state + one - per_image
-            row = "".join(f"{(fixed + per_image * b) / 2**30:>8.1f} GiB" for b in (64, 128, 256))
-            print(f"{name:<10}{'on' if checkpointing else 'off':<15}"
-                  f"{per_image / 2**20:>8.1f} MiB{fixed / 2**30:>8.2f} GiB{row}")
-    print("measured: the bytes autograd holds for backward (at batch 1 and 3; per image is "
-          "the\ndifference). The batch columns add them up: a lower bound, before "
-          "activation\ngradients, cuDNN workspace and fragmentation. Measured GPU peaks: "
-          "--device cuda.")
+            saved = saved_bytes_by_batch(model, dtype)
+            line = saved.line(batches[-1])
+            stages = sorted({saved.largest_stage(b) for b in batches})
+            mode = f"on (stage {'/'.join(map(str, stages))})" if checkpointing else "off"
+            row = "".join(f"{(state + saved.at(b)) / 2**30:>8.1f} GiB" for b in batches)
+            print(f"{name:<10}{mode:<15}{line.per_image / 2**20:>8.1f} MiB"
+                  f"{(state + line.fixed) / 2**30:>8.2f} GiB{row}")
+    print("measured: the bytes autograd holds for backward, at batch 1 and 2 (per image is "
+          "the\ndifference). With checkpointing, backward holds the stage inputs and the "
+          "classifier's\ntensors plus one recomputed stage: the largest at each batch (the "
+          "stage in brackets;\nper image and fixed are for batch 256). The batch columns "
+          "add them up: a lower\nbound, before activation gradients, cuDNN workspace and "
+          "fragmentation. Measured GPU\npeaks: --device cuda.")
 
 
 def measured_gpu_memory(args, device: torch.device) -> None:
@@ -261,7 +399,8 @@ def measured_gpu_memory(args, device: torch.device) -> None:
                 image = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
                 target = torch.randint(0, args.num_classes, (batch,), device=device)
                 try:
-                    _, peak = measure(step, image, target, device, warmup=1, steps=1)
+                    with backends(our_backends(device)):
+                        _, peak = measure(step, image, target, device, warmup=1, steps=1)
                     row += f"{peak / 2**30:>8.1f} GiB"
                 except torch.OutOfMemoryError:
                     row += f"{'OOM':>12}"
@@ -301,10 +440,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    device = torch.device(args.device)  # each variant sets its own backends (TF32, cudnn)
     if args.memory and device.type == "cuda":
         measured_gpu_memory(args, device)
     elif args.memory:

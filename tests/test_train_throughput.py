@@ -32,13 +32,77 @@ def test_our_fp32_step_matches_the_reference_step():
         image = torch.randn(8, 3, 32, 32, generator=data)
         target = torch.randint(0, 10, (8,), generator=data)
         torch.manual_seed(100 + step)  # the same dropout masks in both
-        reference_loss = benchmark.reference_step(reference.train(), reference_optimizer,
-                                                  image, target, scaler=None)
+        loss, acc1, acc5 = benchmark.reference_step(reference.train(), reference_optimizer,
+                                                    image, target, scaler=None)
         torch.manual_seed(100 + step)
         result = train_step(ours.train(), our_optimizer, [(image, target)],
                             device=torch.device("cpu"))
-        assert result.loss_sum / 8 == pytest.approx(reference_loss.item(), rel=1e-5)
+        assert result.loss_sum / 8 == pytest.approx(loss, rel=1e-5)
+        # the reference's per-step metrics, torchvision's percentages of the same output
+        assert (acc1, acc5) == pytest.approx((100 * result.top1 / 8, 100 * result.top5 / 8))
     assert all(not torch.equal(p, p0) for p, p0 in zip(reference.parameters(), initial,
                                                        strict=True))  # every layer trained
     for mine, theirs in zip(ours.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", [None, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
+def test_memory_extrapolation_equals_direct_measurement(precision, checkpointing):
+    """--memory measures at batch 1 and 2 and extrapolates; the figure must be the one
+    measured at the batch itself. Under bf16 + checkpointing the recomputed stage that sets
+    the peak changes with the batch (the last stage's bf16 weight copies at batch 1, the
+    first stage's activations at 64): taking one stage's maximum at small batches and
+    extrapolating it linearly came out far too low."""
+    model = build_vgg("A", num_classes=10, image_size=32, fc_width=64, init=None)
+    model.activation_checkpointing = checkpointing
+    saved = benchmark.saved_bytes_by_batch(model, precision)
+    for batch in (3, 64):
+        assert saved.at(batch) == pytest.approx(benchmark.saved_bytes(model, batch, precision),
+                                                rel=1e-6)
+    if checkpointing and precision is not None:  # the case the test is for
+        assert (saved.largest_stage(1), saved.largest_stage(64)) == (5, 1)
+
+
+def backend_flags():
+    return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+
+
+@pytest.fixture
+def restored_backends():
+    before, matmul = backend_flags(), torch.get_float32_matmul_precision()
+    yield before
+    torch.set_float32_matmul_precision(matmul)
+    (_, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+     torch.backends.cudnn.deterministic) = before
+
+
+def test_tf32_is_ours_only_and_never_leaks_into_the_reference(monkeypatch, restored_backends):
+    """torchvision's train.py leaves TF32 at PyTorch's defaults (matmuls off), ours turns it
+    on (train.py's configure_backends): each variant runs under its own settings, the
+    reference also when measured after ours, and main leaves the process as it was."""
+    seen = []
+
+    def fake_measure(step, image, target, device, warmup, steps):
+        seen.append((step, backend_flags()))
+        return 1.0, 0
+
+    def variant(name):
+        return lambda *args, **kwargs: (None, name)
+
+    real_our_backends = benchmark.our_backends
+    monkeypatch.setattr(benchmark, "measure", fake_measure)
+    monkeypatch.setattr(benchmark, "reference_variant", variant("reference"))
+    monkeypatch.setattr(benchmark, "our_variant", variant("ours"))
+    # our settings as on a GPU (on CPU configure_backends leaves TF32 alone)
+    monkeypatch.setattr(benchmark, "our_backends",
+                        lambda device: real_our_backends(torch.device("cuda")))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    before = backend_flags()
+    for _ in range(2):  # the second run's reference comes after the first run's ours
+        benchmark.main(["--device", "cpu", "--image_size", "32", "--batch_size", "2"])
+        assert backend_flags() == before
+    reference = (False, True, True, False)  # TF32 matmuls off, convolutions on (defaults)
+    ours = (True, True, True, False)
+    assert seen == [("reference", reference), ("ours", ours), ("ours", ours)] * 2
