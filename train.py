@@ -65,9 +65,48 @@ class NonFiniteLoss(RuntimeError):
 
 
 def checkpoint_path(resume: str) -> Path:
-    """``--resume`` takes a run directory (its last.pt) or a checkpoint file."""
+    """``--resume`` takes a run directory (its last.pt) or a checkpoint file. A run killed
+    at its first epoch's end, between writing best.pt and linking it as last.pt, has only
+    best.pt: the newest checkpoint then."""
     path = Path(resume)
-    return path / "last.pt" if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    return path / "best.pt" if not (path / "last.pt").exists() and (path / "best.pt").exists() \
+        else path / "last.pt"
+
+
+def claim_run_dir(out_dir: Path, name: str) -> Path:
+    """A new directory ``out_dir/name``, or ``name-2``, ``name-3``, ... when taken: runs
+    started in the same second (a sweep) never share a default-named directory, because
+    ``mkdir`` claims it atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        run_dir = out_dir / (name if n == 1 else f"{name}-{n}")
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        return run_dir
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete the temporary files (``.NAME.PID.tmp``) of writers killed mid-write. Those of
+    a live process (a preempted run still saving after its SIGTERM while its requeued
+    successor starts) are left alone: deleting one would fail that process's save."""
+    for tmp in run_dir.glob(".*.tmp"):
+        writer = tmp.name.rsplit(".", 2)[-2]
+        if writer.isdigit() and not process_exists(int(writer)):
+            tmp.unlink(missing_ok=True)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def link_atomically(source: Path, target: Path) -> None:
@@ -262,7 +301,7 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
         schedule.update(checkpoint["step"])
         epoch, step, position = checkpoint["epoch"], checkpoint["step"], checkpoint["position"]
         best_top1, nonfinite_steps = checkpoint["best_top1"], checkpoint["nonfinite_steps"]
-        overflow_steps = checkpoint["overflow_steps"]
+        overflow_steps = checkpoint.get("overflow_steps", 0)  # absent before 2026-11-22
         epoch_totals, wandb_id = list(checkpoint["epoch_totals"]), checkpoint["wandb_run_id"]
         rngs = checkpoint["rng"]
         if len(rngs) != world and position:
@@ -275,17 +314,20 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
             set_rng_state(rngs[rank])
         run_dir = resumed["path"].parent
     else:
-        name = cfg.run_name or f"{cfg.dataset}-{cfg.model_version}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(cfg.out_dir) / name
-        if (run_dir / "last.pt").exists():
-            raise ConfigError(f"run directory {run_dir} already holds a run; continue it with "
-                              f"--resume {run_dir}, or pick another --run_name")
+        if cfg.run_name:
+            run_dir = Path(cfg.out_dir) / cfg.run_name
+            if (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists():
+                raise ConfigError(f"run directory {run_dir} already holds a run; continue it "
+                                  f"with --resume {run_dir}, or pick another --run_name")
+        else:
+            name = f"{cfg.dataset}-{cfg.model_version}-{time.strftime('%Y%m%d-%H%M%S')}"
+            claimed = claim_run_dir(Path(cfg.out_dir), name) if main_process else None
+            run_dir = Path(all_gather_object(str(claimed))[0])  # rank 0's, on every rank
     saved_config = configuration.to_dict(cfg) | {"resume": None}
     metrics = None
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(".*.tmp"):  # left by a process killed mid-write
-            stale.unlink(missing_ok=True)
+        remove_stale_temporaries(run_dir)
         configuration.save_yaml(saved_config, run_dir / "config.yaml")
         metrics = MetricsLog(run_dir / f"metrics.{cfg.metrics_format}", cfg.metrics_format,
                              resume_from=(epoch, step) if checkpoint is not None else None)

@@ -109,3 +109,18 @@ def test_fp16_overflow_is_a_skipped_step_not_a_divergence(reference):
                         scaler=scaler)
     assert result.finite and result.applied and 0 < result.grad_norm < math.inf
     assert not any(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+def test_a_non_finite_fp16_gradient_at_scale_one_is_a_divergence(reference):
+    # Overflows need a scale above 1. Below it the scaler would halve its way to 0 and skip
+    # every step forever, so the step reports the gradient as non-finite instead.
+    model, _ = reference
+    model = copy.deepcopy(model)
+    model.features[0].weight.register_hook(lambda grad: grad * math.nan)
+    batch = (torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
+    for init_scale, overflow in ((2.0**16, True), (1.0, False)):
+        scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+        result = train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), [batch],
+                            device=CPU, autocast_dtype=torch.float16, scaler=scaler)
+        assert not result.applied and math.isfinite(result.loss_sum)
+        assert result.finite == overflow

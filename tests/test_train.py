@@ -336,6 +336,33 @@ def test_killed_between_best_and_last_no_checkpoint_claims_a_missing_best(tmp_pa
     assert [r["epoch"] for r in rows(run_dir, "epoch")] == [1, 2]
     final, best = (load_checkpoint(run_dir / name) for name in ("last.pt", "best.pt"))
     assert final["step"] == 12 and final["best_top1"] == best["best_top1"]
+    # Killed there in a run's first epoch, best.pt is the only checkpoint: --resume finds it.
+    first = tmp_path / "first"
+    monkeypatch.setattr(train, "link_atomically", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(tiny(first))
+    assert not (first / "last.pt").exists()
+    assert train.main(tiny(first)) == 2  # not silently started over in the same directory
+    monkeypatch.setattr(train, "link_atomically", real_link)
+    assert train.main(["--resume", str(first)]) == 0
+    assert load_checkpoint(first / "last.pt")["step"] == 12
+
+
+def test_default_run_names_started_in_the_same_second_get_their_own_directories(tmp_path):
+    claimed = {train.claim_run_dir(tmp_path, "Digits-A-20261122-101010") for _ in range(3)}
+    assert sorted(p.name for p in claimed) == ["Digits-A-20261122-101010",
+                                               "Digits-A-20261122-101010-2",
+                                               "Digits-A-20261122-101010-3"]
+
+
+def test_only_the_temporaries_of_dead_writers_are_removed(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead, alive = int(finished.stdout), os.getpid()
+    for pid in (dead, alive):
+        (tmp_path / f".last.pt.{pid}.tmp").write_bytes(b"partial")
+    train.remove_stale_temporaries(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f".last.pt.{alive}.tmp"]
 
 
 def wandb_history(path: Path) -> list[dict]:

@@ -250,10 +250,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     guarantees it), so DDP's average over processes is the global batch mean.
 
     A non-finite loss or gradient skips the update (gradients zeroed) and returns
-    ``finite=False``. With a GradScaler (fp16) a non-finite gradient is an overflow, not a
-    divergence: the scaler skips that update and lowers its scale (``applied=False``,
-    ``finite=True``). Every process reaches the same verdicts, and learns whether any of
-    them asked to stop, through one small all-reduce that the step needs anyway."""
+    ``finite=False``. With a GradScaler (fp16) a non-finite gradient at a scale above 1 is an
+    overflow, not a divergence: the scaler skips that update and lowers its scale
+    (``applied=False``, ``finite=True``). Every process reaches the same verdicts, and
+    learns whether any of them asked to stop, through one small all-reduce that the step
+    needs anyway."""
     optimizer.zero_grad(set_to_none=True)
     window_samples = sum(len(y) for _, y in window)
     loss_sum = torch.zeros((), device=device)
@@ -284,7 +285,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     totals = all_reduce_sum(torch.cat([loss_sum.float()[None], correct.float(), flags]))
     loss, top1, top5, bad_loss, bad_grad, stop, norm = \
         torch.cat([totals, grad_norm.float()[None]]).tolist()
-    finite = bad_loss == 0 and (bad_grad == 0 or scaler is not None)
+    # An fp16 overflow needs a scale above 1; at or below it the gradient is non-finite on
+    # its own (else the scaler would halve the scale towards 0 and skip every step forever).
+    overflow = bad_grad > 0 and scaler is not None and scaler.get_scale() > 1.0
+    finite = bad_loss == 0 and (bad_grad == 0 or overflow)
     applied = bad_loss == 0 and bad_grad == 0
     if applied:
         if grad_clip is not None:
