@@ -1,17 +1,20 @@
 """Images/s per CPU core of the ImageNet training transform (JPEG decode, scale-jittered
 rescale, random crop, flip, PCA colour shift, normalise): this project's OpenCV pipeline
-against the torchvision.transforms.v2 equivalent, on the same generated JPEGs.
+against the torchvision.transforms.v2 and albumentations equivalents, on the same generated
+JPEGs.
 
     python benchmarks/data_pipeline.py [--images 64] [--scale 256 512] [--repeats 3]
 
 Both run in this one process with one thread (OpenCV's and torch's pools off), so the figures
 are per core; a loader with N workers scales them by about N. Two torchvision baselines are
-timed: PIL decoding (what ImageFolder does) and torchvision.io.decode_jpeg.
+timed: PIL decoding (what ImageFolder does) and torchvision.io.decode_jpeg; albumentations
+gets the same OpenCV decode as ours.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -19,12 +22,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
-import numpy as np
-import torch
-import torchvision
-from PIL import Image
-from torchvision.transforms import v2
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its import-time PyPI check
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
+from PIL import Image  # noqa: E402
+from torchvision.transforms import v2  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -77,6 +83,28 @@ def torchvision_transform(scale: tuple[int, int], size: int) -> v2.Compose:
     ])
 
 
+def albumentations_transform(scale: tuple[int, int], size: int) -> A.Compose:
+    """The same augmentation as an albumentations pipeline, as its users would write it:
+    rescale the whole image, then crop (ours resamples only the crop's pixels)."""
+    spec = dataset_spec("ImageNet")
+    eigval = np.asarray(IMAGENET_EIGVAL, dtype=np.float32)
+    eigvec = np.asarray(IMAGENET_EIGVEC, dtype=np.float32)
+
+    def lighting(image: np.ndarray, **_) -> np.ndarray:
+        alpha = np.random.normal(0.0, COLOR_SHIFT_STD, 3).astype(np.float32)
+        return image + eigvec @ (alpha * eigval)
+
+    return A.Compose([
+        A.SmallestMaxSize(max_size=list(range(scale[0], scale[1] + 1))),
+        A.RandomCrop(size, size),
+        A.HorizontalFlip(),
+        A.ToFloat(max_value=255.0),
+        A.Lambda(image=lighting),
+        A.Normalize(spec.mean, spec.std, max_pixel_value=1.0),
+        ToTensorV2(),
+    ])
+
+
 def images_per_second(load: Callable[[int], torch.Tensor], count: int, repeats: int) -> float:
     """Median over `repeats` passes over all `count` images, after one warm-up pass."""
     rates = []
@@ -105,6 +133,7 @@ def main() -> None:
             ImageSet(files, np.zeros(len(files), dtype=np.int64), ("all",)),
             train_transform(dataset_spec("ImageNet"), args.size, scale))
         reference = torchvision_transform(scale, args.size)
+        albumentations = albumentations_transform(scale, args.size)
         decoded = [cv2.imread(f, cv2.IMREAD_COLOR_RGB) for f in files]
         contenders = {  # name: (load image i, name of ours to compare with)
             "ours (OpenCV)": (lambda i: ours[i][0], None),
@@ -113,17 +142,23 @@ def main() -> None:
             "torchvision v2, decode_jpeg": (
                 lambda i: reference(torchvision.io.decode_jpeg(torchvision.io.read_file(
                     files[i]))), "ours (OpenCV)"),
+            "albumentations, OpenCV decode": (
+                lambda i: albumentations(image=cv2.imread(files[i], cv2.IMREAD_COLOR_RGB))[
+                    "image"], "ours (OpenCV)"),
             "ours, transform only": (lambda i: ours.transform(decoded[i]), None),
             "torchvision, transform only": (
                 lambda i: reference(torch.from_numpy(decoded[i]).permute(2, 0, 1)),
                 "ours, transform only"),
+            "albumentations, transform only": (
+                lambda i: albumentations(image=decoded[i])["image"], "ours, transform only"),
         }
         rates = {name: images_per_second(load, len(files), args.repeats)
                  for name, (load, _) in contenders.items()}
 
     print(f"ImageNet training transform, S in [{scale[0]}, {scale[1]}], {args.size}px crops, "
           f"{args.images} JPEGs of ~500x375, one core (torch {torch.__version__}, "
-          f"torchvision {torchvision.__version__}, OpenCV {cv2.__version__})")
+          f"torchvision {torchvision.__version__}, albumentations "
+          f"{A.__version__}, OpenCV {cv2.__version__})")
     for name, (_, ours_name) in contenders.items():
         ratio = f"ours / this = {rates[ours_name] / rates[name]:4.2f}x" if ours_name else ""
         print(f"  {name:30s} {rates[name]:8.1f} images/s/core   {ratio}")
