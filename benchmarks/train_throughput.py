@@ -381,17 +381,38 @@ def saved_activation_memory(args) -> None:
           "fragmentation. Measured GPU\npeaks: --device cuda.")
 
 
+GPU_SIZES_GIB = (16, 24, 40, 48, 80)
+BATCH_GRID = (32, 64, 96, 128, 192, 256, 384, 512)
+
+
+def largest_batch_that_fits(footprints: dict[int, int], budget: int) -> int | None:
+    """The largest measured batch whose footprint (bytes) is within ``budget``."""
+    fitting = [batch for batch, used in footprints.items() if used <= budget]
+    return max(fitting, default=None)
+
+
 def measured_gpu_memory(args, device: torch.device) -> None:
-    """Peak torch.cuda.max_memory_allocated of our training step, per batch size."""
-    batches = (64, 128, 256)
+    """Peak memory of our training step per batch size, and from the same measurements the
+    largest batch that fits GPUs of common sizes. A batch's footprint is what the process
+    would hold on the card: the caching allocator's peak reservation
+    (torch.cuda.max_memory_reserved) plus the CUDA context, which PyTorch does not see."""
+    torch.cuda.init()
+    free, total = torch.cuda.mem_get_info(device)
+    context = total - free - torch.cuda.memory_reserved(device)
     print(f"config {args.model_version} at {args.image_size}x{args.image_size} on "
-          f"{torch.cuda.get_device_name(device)}: peak memory of one training step")
+          f"{torch.cuda.get_device_name(device)} ({total / 2**30:.0f} GiB, CUDA context "
+          f"{context / 2**30:.2f} GiB): peak torch.cuda.max_memory_allocated of one step")
+    shown = (64, 128, 256)
     print(f"{'precision':<10}{'checkpointing':<15}" + "".join(f"{f'batch {b}':>12}"
-                                                              for b in batches))
+                                                              for b in shown))
+    # Only sizes up to this GPU's own (2% slack for how vendors round): beyond it an OOM
+    # here says nothing about the larger card.
+    sizes = [g for g in GPU_SIZES_GIB if g * 2**30 <= 1.02 * total]
+    fits = {}
     for precision in ("fp32", "bf16"):
         for checkpointing in (False, True):
-            row = ""
-            for batch in batches:
+            allocated, footprints = {}, {}
+            for batch in BATCH_GRID:
                 network, step = our_variant(args.model_version, args.image_size,
                                             args.num_classes, device, args.seed,
                                             compile_model=False, precision=precision)
@@ -400,13 +421,28 @@ def measured_gpu_memory(args, device: torch.device) -> None:
                 target = torch.randint(0, args.num_classes, (batch,), device=device)
                 try:
                     with backends(our_backends(device)):
-                        _, peak = measure(step, image, target, device, warmup=1, steps=1)
-                    row += f"{peak / 2**30:>8.1f} GiB"
+                        _, allocated[batch] = measure(step, image, target, device, warmup=1,
+                                                      steps=1)
+                    footprints[batch] = torch.cuda.max_memory_reserved(device) + context
                 except torch.OutOfMemoryError:
-                    row += f"{'OOM':>12}"
-                del network, step, image, target
-                torch.cuda.empty_cache()
-            print(f"{precision:<10}{'on' if checkpointing else 'off':<15}{row}")
+                    break  # larger batches will not fit either
+                finally:
+                    del network, step, image, target
+                    torch.cuda.empty_cache()
+            mode = "on" if checkpointing else "off"
+            print(f"{precision:<10}{mode:<15}" + "".join(
+                f"{allocated[b] / 2**30:>8.1f} GiB" if b in allocated else f"{'OOM':>12}"
+                for b in shown))
+            fits[precision, mode] = {size: largest_batch_that_fits(footprints, size * 2**30)
+                                     for size in sizes}
+    print(f"\nlargest batch of {BATCH_GRID} that fits, by GPU memory (measured footprints; "
+          f"'{BATCH_GRID[-1]}+': the whole grid fits, '-': not even {BATCH_GRID[0]})")
+    print(f"{'precision':<10}{'checkpointing':<15}" + "".join(f"{f'{g} GiB':>9}"
+                                                              for g in sizes))
+    for (precision, mode), by_size in fits.items():
+        cells = ["-" if b is None else f"{b}+" if b == BATCH_GRID[-1] else str(b)
+                 for b in by_size.values()]
+        print(f"{precision:<10}{mode:<15}" + "".join(f"{c:>9}" for c in cells))
 
 
 def parse_args(argv=None):

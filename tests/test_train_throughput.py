@@ -106,3 +106,12 @@ def test_tf32_is_ours_only_and_never_leaks_into_the_reference(monkeypatch, resto
     reference = (False, True, True, False)  # TF32 matmuls off, convolutions on (defaults)
     ours = (True, True, True, False)
     assert seen == [("reference", reference), ("ours", ours), ("ours", ours)] * 2
+
+
+def test_largest_batch_that_fits_reads_the_measured_footprints():
+    gib = 2**30
+    footprints = {32: 5 * gib, 64: 9 * gib, 128: 17 * gib, 256: 33 * gib}  # 512: OOM
+    fits = {size: benchmark.largest_batch_that_fits(footprints, size * gib)
+            for size in benchmark.GPU_SIZES_GIB}
+    assert fits == {16: 64, 24: 128, 40: 256, 48: 256, 80: 256}
+    assert benchmark.largest_batch_that_fits(footprints, 4 * gib) is None
