@@ -71,8 +71,9 @@ def checkpoint_path(resume: str) -> Path:
     path = Path(resume)
     if not path.is_dir():
         return path
-    return path / "best.pt" if not (path / "last.pt").exists() and (path / "best.pt").exists() \
-        else path / "last.pt"
+    if not (path / "last.pt").exists() and (path / "best.pt").exists():
+        return path / "best.pt"
+    return path / "last.pt"
 
 
 def claim_run_dir(out_dir: Path, name: str) -> Path:

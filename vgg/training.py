@@ -231,7 +231,7 @@ class StepResult:
     top5: int
     samples: int  # samples in the window, all processes
     grad_norm: float  # global L2 norm of the gradient before clipping
-    finite: bool  # False: the loss, or (without a GradScaler) the gradient, is not finite
+    finite: bool  # False: the loss or gradient is not finite, other than an fp16 overflow
     applied: bool  # the optimizer stepped: finite, and no fp16 overflow for the GradScaler
     stop: bool  # some process passed stop_requested
 
