@@ -41,6 +41,7 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from vgg.distributed import ShardSampler
+from vgg.errors import UserError
 from vgg.transforms import EvalTransform, TrainTransform
 
 SPLITS = ("train", "val", "test")
@@ -89,11 +90,11 @@ class Registered:
     read: Reader
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset's files are missing; the message says where we looked and what to do."""
 
 
-class UnreadableImageError(OSError):
+class UnreadableImageError(UserError, OSError):
     """An image file could not be decoded (raised with on_corrupt="error")."""
 
 

@@ -34,7 +34,7 @@ import torch
 
 import dataset_class
 from vgg import distributed
-from vgg.checkpoint import CheckpointError
+from vgg.errors import UserError
 from vgg.evaluation import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -151,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args, parser)
-    except (EvaluationError, CheckpointError, FileNotFoundError, NotADirectoryError,
-            dataset_class.UnreadableImageError) as error:
+    except (UserError, FileNotFoundError, NotADirectoryError) as error:
         print(f"evaluate.py: error: {error}", file=sys.stderr)
         return 2
 

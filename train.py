@@ -37,6 +37,7 @@ from vgg.distributed import (
     cleanup,
     init_distributed,
 )
+from vgg.errors import UserError
 from vgg.model import build_vgg
 from vgg.training import (
     LRSchedule,
@@ -56,7 +57,7 @@ from vgg.training import (
 )
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The dataset is missing or unusable; the message says what to do."""
 
 
@@ -142,8 +143,8 @@ def interval_row(interval: dict[str, float], **fields) -> dict:
 def main(argv: list[str] | None = None) -> int:
     try:
         return train(argv)
-    except (ConfigError, CheckpointError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except UserError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLoss as error:
         print(f"error: {error}", file=sys.stderr)

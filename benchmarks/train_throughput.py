@@ -37,7 +37,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import Config  # noqa: E402
-from vgg.model import DOWNSAMPLING, build_vgg  # noqa: E402
+from vgg.model import DOWNSAMPLING, TORCHVISION_NAMES, build_vgg  # noqa: E402
 from vgg.training import (  # noqa: E402
     build_optimizer,
     configure_backends,
@@ -46,7 +46,6 @@ from vgg.training import (  # noqa: E402
     train_step,
 )
 
-TORCHVISION_NAMES = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
 LR, MOMENTUM, WEIGHT_DECAY = 1e-2, 0.9, 5e-4  # the paper's, and both steps'
 
 

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from vgg.atomic import replace_atomically
+from vgg.errors import UserError
 from vgg.model import VGG, build_vgg
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable or of another network."""
 
 

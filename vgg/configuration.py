@@ -24,9 +24,10 @@ from typing import Any
 import yaml
 
 from vgg.atomic import replace_atomically
+from vgg.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value, key or file a user has to fix."""
 
 

@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from vgg.errors import UserError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -36,8 +38,8 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     device = torch.device(requested)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device=cuda was asked for but no CUDA GPU is available; "
-                               "use --device cpu")
+            raise UserError(f"--device {requested} was asked for but no CUDA GPU is "
+                            "available here; use --device cpu (or auto)")
         torch.cuda.set_device(device)
     return device
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,10 @@ import torch
 from torch import nn
 
 from vgg.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_from_checkpoint
+from vgg.errors import UserError
 from vgg.metrics import topk_correct
-from vgg.model import VGG, build_vgg
+from vgg.model import TORCHVISION_NAMES, VGG, build_vgg
+from vgg.precision import autocast, autocast_dtype
 
 PROTOCOLS = ("center", "dense", "multicrop", "dense+multicrop")
 # How the paper's tables name each protocol.
@@ -44,11 +45,9 @@ TOPK = (1, 5)
 # torchvision's ImageNet weights were trained on inputs normalised with these.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# torchvision file-name stems of the configs it publishes.
-TORCHVISION_NAMES = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
     """Input that cannot be evaluated: the CLI prints it as a one-paragraph error."""
 
 
@@ -250,13 +249,6 @@ def check_ensemble(networks: Sequence[Network]) -> None:
 
 # --------------------------------------------------------------------------- posteriors
 
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """``auto``: bf16 autocast on CUDA, fp32 elsewhere."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 class Evaluator:
     """Posteriors of a batch of images under one protocol, averaged over scales and over
     the networks of an ensemble.
@@ -280,7 +272,7 @@ class Evaluator:
         self.batch_size = batch_size
         self.grid = grid
         self.flip = flip
-        self.dtype = autocast_dtype(self.device, precision)
+        self.dtype = autocast_dtype(precision, self.device)
         self.memory_format = (torch.channels_last if self.device.type == "cuda"
                               else torch.contiguous_format)
         self.models = [m.eval().to(self.device, memory_format=self.memory_format)
@@ -290,9 +282,7 @@ class Evaluator:
     # one forward pass, logits as float32
     def _forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        autocast = (torch.autocast(self.device.type, dtype=self.dtype)
-                    if self.dtype is not None else nullcontext())
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             return net(x).float()
 
     def _crop_posteriors(self, model: VGG, crops: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,8 @@ CONFIGS: dict[str, list[int | str]] = {
 VERSIONS = tuple(CONFIGS)
 INITS = ("xavier", "xavier_normal", "kaiming", "paper", "from_A")
 DOWNSAMPLING = 32  # five stride-2 pools
+# torchvision's names of the configs it publishes ImageNet weights for (add "_bn" for BN).
+TORCHVISION_NAMES = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
 
 # Krizhevsky et al. (2012): b = a / (k + alpha * sum(a^2))^beta with n=5, alpha=1e-4,
 # beta=0.75, k=2. PyTorch divides alpha by n inside the sum, hence alpha * n here.

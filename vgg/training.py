@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from vgg.atomic import replace_atomically
 from vgg.distributed import all_reduce_sum, get_world_size, is_distributed
 from vgg.metrics import topk_correct
+from vgg.precision import AUTOCAST_DTYPES, autocast, resolve_precision
 
 # ---------------------------------------------------------------------------- optimizer
 
@@ -155,28 +156,12 @@ class LRSchedule:
 # ---------------------------------------------------------------------------- precision
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on a GPU that supports it, fp32 on a CPU."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp16" if device.type == "cuda" else "fp32"
-
-
 def precision_setup(precision: str, device: torch.device
                     ) -> tuple[str, torch.dtype | None, torch.amp.GradScaler | None]:
     """(resolved name, autocast dtype or None for fp32, GradScaler for fp16 else None)."""
     precision = resolve_precision(precision, device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    return precision, dtype, scaler
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return precision, AUTOCAST_DTYPES[precision], scaler
 
 
 # ---------------------------------------------------------------------------- model
