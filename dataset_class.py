@@ -42,7 +42,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from vgg.distributed import ShardSampler
 from vgg.errors import UserError
-from vgg.transforms import EvalTransform, TrainTransform
+from vgg.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvalTransform,
+    TrainTransform,
+    single_test_scale,
+)
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -59,6 +65,13 @@ class DatasetSpec:
     hflip: bool  # False where a mirror image is another class or no image (digits)
     train_scale: tuple[int, int]  # default (Smin, Smax) of the training rescale
     crop_padding: int = 0  # pad-and-random-crop margin for images already at image_size
+
+    def train_scale_at(self, image_size: int) -> tuple[int, int]:
+        """The default training scale range for a network trained at ``image_size``: the
+        dataset's own, resized in proportion when image_size differs from its native one
+        (S = 256 at 224 becomes S = 37 at 32)."""
+        ratio = image_size / self.image_size
+        return round(self.train_scale[0] * ratio), round(self.train_scale[1] * ratio)
 
 
 @dataclass(frozen=True)
@@ -463,8 +476,7 @@ def train_transform(spec: DatasetSpec, image_size: int, scale: tuple[int, int] |
     image_size differs from spec.image_size), random crop (pad-and-crop for datasets stored at
     their training size), horizontal flip where spec.hflip, colour shift for RGB datasets."""
     ratio = image_size / spec.image_size
-    if scale is None:
-        scale = (round(spec.train_scale[0] * ratio), round(spec.train_scale[1] * ratio))
+    scale = scale or spec.train_scale_at(image_size)
     return TrainTransform(image_size, scale, spec.mean, spec.std, hflip=spec.hflip,
                           padding=round(spec.crop_padding * ratio),
                           color_shift=color_shift and spec.in_channels == 3)
@@ -479,7 +491,7 @@ def eval_transform(spec: DatasetSpec, image_size: int, scale: int | None = None,
     `antialias` resizes as torchvision's PIL pipeline does (PIL's antialiased bilinear), for
     torchvision's weights; the default matches this toolkit's training resampling."""
     if scale is None:
-        scale = round(sum(spec.train_scale) / 2 * image_size / spec.image_size)
+        scale = single_test_scale(spec.train_scale_at(image_size))
     return EvalTransform(scale, image_size if crop else None, spec.mean, spec.std,
                          antialias=antialias)
 
@@ -551,7 +563,7 @@ register("Digits", DatasetSpec("Digits", 10, 1, 32, (0.3050,), (0.3757,), hflip=
                                train_scale=(32, 32), crop_padding=4),
          read_digits)
 register("ImageNet",
-         DatasetSpec("ImageNet", 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+         DatasetSpec("ImageNet", 1000, 3, 224, IMAGENET_MEAN, IMAGENET_STD,
                      hflip=True, train_scale=(256, 256)),
          read_imagenet)
 register("ImageFolder", image_folder_spec, image_folder_reader())

@@ -36,8 +36,6 @@ import dataset_class
 from vgg import distributed
 from vgg.errors import UserError
 from vgg.evaluation import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     PAPER_METHOD,
     PROTOCOLS,
     EvaluationError,
@@ -56,6 +54,7 @@ from vgg.evaluation import (
     write_confusion_csv,
 )
 from vgg.model import VERSIONS
+from vgg.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,9 +181,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.checkpoint:  # train_scale None in the config: the dataset's, resized with the net
         for network in networks:
             if network.train_scale is None:
-                ratio = network.image_size / spec.image_size
-                network.train_scale = (round(spec.train_scale[0] * ratio),
-                                       round(spec.train_scale[1] * ratio))
+                network.train_scale = spec.train_scale_at(network.image_size)
     image_size = min(n.image_size for n in networks)
     default_scale = ["single"] if first.train_scale is not None else [256]
     scales = resolve_scales(args.scale or default_scale, first.train_scale, image_size)

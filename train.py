@@ -55,6 +55,7 @@ from vgg.training import (
     train_step,
     unwrap,
 )
+from vgg.transforms import single_test_scale
 
 
 class DataError(UserError, RuntimeError):
@@ -191,9 +192,8 @@ def run(cfg: Config, resumed: dict, rank: int, world: int, device: torch.device,
     try:
         spec = dataset_class.dataset_spec(cfg.dataset, cfg.data_root)
         image_size = cfg.image_size or spec.image_size
-        ratio = image_size / spec.image_size
-        scale = cfg.train_scale or tuple(round(s * ratio) for s in spec.train_scale)
-        val_scale = round(sum(scale) / 2)  # Sec. 3.2: Q = S, or (Smin + Smax) / 2 if jittered
+        scale = cfg.train_scale or spec.train_scale_at(image_size)
+        val_scale = single_test_scale(scale)
         # The held-out split depends on val_fraction alone (build_dataset's fixed seed), not
         # on --seed: evaluate.py rebuilds it from the checkpoint's config.
         common = {"val_fraction": cfg.val_fraction, "download": cfg.download}

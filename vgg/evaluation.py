@@ -33,6 +33,7 @@ from vgg.errors import UserError
 from vgg.metrics import topk_correct
 from vgg.model import TORCHVISION_NAMES, VGG, build_vgg
 from vgg.precision import autocast, autocast_dtype
+from vgg.transforms import single_test_scale
 
 PROTOCOLS = ("center", "dense", "multicrop", "dense+multicrop")
 # How the paper's tables name each protocol.
@@ -42,9 +43,6 @@ GRID = 5  # Sec. 3.2: a 5x5 grid of crops per scale, each also flipped
 SCALE_SHORTHANDS = ("single", "multi")
 PAPER_SCALE_STEP = 32  # Sec. 3.2 / Table 4: Q = {S - 32, S, S + 32} for a fixed S
 TOPK = (1, 5)
-# torchvision's ImageNet weights were trained on inputs normalised with these.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class EvaluationError(UserError, ValueError):
@@ -116,7 +114,7 @@ def paper_scales(train_scale: Any, kind: str) -> list[int]:
     (fixed S) or Q = (Smin + Smax) / 2 (jittered S); ``multi`` is {S - 32, S, S + 32} or
     {Smin, (Smin + Smax) / 2, Smax}."""
     smin, smax = parse_train_scale(train_scale)
-    middle = (smin + smax) // 2
+    middle = single_test_scale((smin, smax))
     if kind == "single":
         return [middle]
     if kind == "multi":

@@ -40,8 +40,19 @@ IMAGENET_EIGVEC = np.array([
     [-0.5836, -0.6948, 0.4203],
 ])
 COLOR_SHIFT_STD = 0.1
+# ImageNet's per-channel mean and std of [0, 1] pixels: the ImageNet dataset's normalisation,
+# and the one torchvision's published weights were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Window = tuple[int, int, int, int]  # top, left, height, width
+
+
+def single_test_scale(train_scale: tuple[int, int]) -> int:
+    """Sec. 3.2's single test scale Q for a network trained at S = [Smin, Smax]: Q = S for a
+    fixed S, the middle (Smin + Smax) / 2 (rounded half up) for a jittered one."""
+    smin, smax = train_scale
+    return (smin + smax + 1) // 2
 
 
 def color_shift_offset(alpha: Sequence[float] | np.ndarray) -> np.ndarray:
