@@ -1,4 +1,5 @@
-"""vgg/distributed.py's shards, and a real two-process gloo DDP run through torchrun."""
+"""vgg/data/sampling.py's shards, vgg/distributed.py, and a real two-process gloo DDP run
+through torchrun."""
 
 import os
 import subprocess
@@ -8,14 +9,9 @@ from pathlib import Path
 import pytest
 
 from vgg.checkpoint import load_checkpoint
-from vgg.distributed import (
-    ResumableSampler,
-    ShardSampler,
-    all_reduce_sum,
-    collective_device,
-    shard_indices,
-)
-from vgg.training import MetricsLog
+from vgg.data.sampling import ResumableSampler, ShardSampler, shard_indices
+from vgg.distributed import all_reduce_sum, collective_device
+from vgg.run_log import MetricsLog
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +71,7 @@ def step_with_a_stop_request_on_rank_1(rank: int, world: int, tmp: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from vgg import build_vgg
-    from vgg.training import train_step
+    from vgg.engine import train_step
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous",
                                          rank=rank, world_size=world)

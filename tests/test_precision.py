@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from vgg import build_vgg
+from vgg.engine import precision_setup, prepare_model, train_step, unwrap
 from vgg.precision import resolve_precision
-from vgg.training import precision_setup, prepare_model, train_step, unwrap
 
 CPU = torch.device("cpu")
 

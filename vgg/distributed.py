@@ -4,11 +4,9 @@ no-op in a plain single-process run, so the same code runs on one CPU or many GP
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
 
 from vgg.errors import UserError
 
@@ -31,15 +29,26 @@ def is_main() -> bool:
 
 
 def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` (this process's GPU under torchrun) or ``cuda:N``; a
+    device this machine lacks is a UserError, not torch's traceback."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
         requested = f"cuda:{local_rank}"
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"--device {requested} is not a device; use auto, cpu, cuda or "
+                        "cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {requested}: only cpu and cuda GPUs are supported")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"--device {requested} was asked for but no CUDA GPU is "
                             "available here; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {requested}: this machine has "
+                            f"{torch.cuda.device_count()} GPU(s), numbered from 0")
         torch.cuda.set_device(device)
     return device
 
@@ -90,66 +99,11 @@ def all_gather_object(obj) -> list:
     return out
 
 
-def shard_indices(n: int, rank: int, world: int) -> range:
-    """Rank ``rank``'s share of ``range(n)``, unpadded: every index belongs to exactly one
-    rank (shards differ in length by at most one), so summed counts equal ``n``."""
-    return range(rank, n, world)
-
-
-class ShardSampler(Sampler[int]):
-    """Sequential, unpadded shard of a dataset for evaluation (unlike DistributedSampler,
-    which pads with duplicates so that every rank has the same length)."""
-
-    def __init__(self, dataset_or_len, rank: int | None = None, world: int | None = None):
-        self.n = dataset_or_len if isinstance(dataset_or_len, int) else len(dataset_or_len)
-        self.rank = get_rank() if rank is None else rank
-        self.world = get_world_size() if world is None else world
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(shard_indices(self.n, self.rank, self.world))
-
-    def __len__(self) -> int:
-        return len(shard_indices(self.n, self.rank, self.world))
-
-
-class ResumableSampler(Sampler[int]):
-    """Training order: a fresh permutation per epoch drawn from ``(seed, epoch)`` alone, cut
-    to a multiple of ``world`` (the < world left-over samples change every epoch) and dealt
-    round-robin to the ranks, starting ``start`` samples into this rank's share. Because
-    the order depends on nothing but (seed, epoch), a resumed run sees exactly the samples
-    the interrupted one had not yet seen. ``set_epoch(epoch, start)`` before each epoch.
-
-    With ``with_seeds`` it yields ``(index, sample_seed)`` pairs, the seed a function of
-    (seed, epoch, position in the epoch's order) only, for vgg.training.SeededSamples: then
-    the augmentation of every sample is also independent of workers and interruptions."""
-
-    def __init__(self, n: int, seed: int = 0, rank: int | None = None,
-                 world: int | None = None, shuffle: bool = True, with_seeds: bool = False):
-        self.n, self.seed, self.shuffle, self.with_seeds = n, seed, shuffle, with_seeds
-        self.rank = get_rank() if rank is None else rank
-        self.world = get_world_size() if world is None else world
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def per_rank(self) -> int:
-        """Samples per rank per epoch."""
-        return self.n // self.world
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=generator)
-        else:
-            order = torch.arange(self.n)
-        positions = torch.arange(self.per_rank() * self.world)[self.rank:: self.world]
-        positions = positions[self.start:]
-        indices = order[positions].tolist()
-        if not self.with_seeds:
-            return iter(indices)
-        base = (self.seed * 1_000_003 + self.epoch) % 2**30 * 2**32
-        return zip(indices, (base + positions).tolist(), strict=True)
-
-    def __len__(self) -> int:
-        return max(0, self.per_rank() - self.start)
+def __getattr__(name: str):
+    """``ShardSampler`` moved to vgg.data.sampling; dataset_class.py and evaluate.py still
+    import it from here until their owners switch (then this goes). Lazy, because
+    vgg.data.sampling imports this module."""
+    if name == "ShardSampler":
+        from vgg.data.sampling import ShardSampler
+        return ShardSampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

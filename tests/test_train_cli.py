@@ -1,5 +1,5 @@
-"""train.py and vgg/training.py: the recipe's pieces against independent computations, and
-whole runs (interrupted, resumed, killed, failing) through the real command line."""
+"""train.py end to end through its command line: runs interrupted, resumed, killed and
+failing, against uninterrupted runs and the files they write."""
 
 import json
 import os
@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import train
-from vgg.atomic import replace_atomically
-from vgg.checkpoint import load_checkpoint, save_checkpoint
-from vgg.model import build_vgg
-from vgg.training import LRSchedule, MetricsLog, build_optimizer, param_groups, train_step
+from vgg import run_dir as run_dir_module
+from vgg.checkpoint import load_checkpoint
+from vgg.run_log import MetricsLog
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data"
@@ -34,10 +32,12 @@ def tiny(run_dir: Path, *extra: str) -> list[str]:
             "--run_name", run_dir.name, *extra]
 
 
+
 def cli(*argv: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled"}
     return subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=env, **kwargs)
+
 
 
 def assert_same_state(a: dict, b: dict) -> None:
@@ -46,121 +46,10 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
+
 def rows(run_dir: Path, kind: str) -> list[dict]:
     return [r for r in MetricsLog.read(run_dir / "metrics.jsonl") if r["kind"] == kind]
 
-
-# ------------------------------------------------------------------------- recipe pieces
-
-
-def test_accumulation_equals_one_big_batch():
-    torch.manual_seed(0)
-    model = build_vgg("A", num_classes=10, in_channels=1, image_size=32, fc_width=64,
-                      dropout=0.0)
-    reference = build_vgg("A", num_classes=10, in_channels=1, image_size=32, fc_width=64,
-                          dropout=0.0)
-    reference.load_state_dict(model.state_dict())
-    x, y = torch.randn(13, 1, 32, 32), torch.randint(0, 10, (13,))
-    # Micro-batches of 5, 5 and a short 3: still one big batch's mean-loss gradient.
-    window = [(x[:5], y[:5]), (x[5:10], y[5:10]), (x[10:], y[10:])]
-    optimizer = build_optimizer(model, lr=0.1, momentum=0.0, weight_decay=0.0)
-    result = train_step(model, optimizer, window, device=torch.device("cpu"))
-    F.cross_entropy(reference(x), y).backward()
-    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
-        torch.testing.assert_close(p.detach(), q.detach() - 0.1 * q.grad, rtol=1e-4, atol=1e-6)
-    assert result.samples == 13 and result.finite
-    assert result.loss_sum / 13 == pytest.approx(F.cross_entropy(reference(x), y).item(),
-                                                 rel=1e-5)
-
-
-def test_plateau_divides_by_ten_at_most_three_times():
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([param], lr=1e-2)
-    schedule = LRSchedule(optimizer, "plateau", total_steps=100, patience=2)
-    lrs = []
-    for epoch, accuracy in enumerate([0.1, 0.2, 0.3] + [0.3] * 30, start=1):
-        schedule.end_epoch(epoch, accuracy)
-        schedule.update(epoch)
-        lrs.append(optimizer.param_groups[0]["lr"])
-    assert lrs[:5] == [1e-2] * 5  # improving, then patience 2 (drop after 3 bad epochs)
-    assert lrs[5] == pytest.approx(1e-3)
-    assert sorted(set(lrs), reverse=True) == pytest.approx([1e-2, 1e-3, 1e-4, 1e-5])
-    assert schedule.drops == 3 and lrs[-1] == pytest.approx(1e-5)
-
-
-def test_warmup_and_cosine_count_optimizer_steps():
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([param], lr=1.0)
-    schedule = LRSchedule(optimizer, "cosine", total_steps=110, warmup_steps=10, min_lr=0.0)
-    lr = []
-    for step in range(110):
-        schedule.update(step)
-        lr.append(optimizer.param_groups[0]["lr"])
-    assert lr[0] == pytest.approx(0.1) and lr[9] == pytest.approx(1.0)
-    assert lr[60] == pytest.approx(0.5) and lr[109] < 1e-3
-
-
-def test_from_A_layers_keep_their_learning_rate(tmp_path):
-    a = build_vgg("A", num_classes=10, in_channels=1, image_size=32, fc_width=64)
-    save_checkpoint({"model": a.state_dict()}, tmp_path / "a.pt")
-    d = build_vgg("D", num_classes=10, in_channels=1, image_size=32, fc_width=64,
-                  init="from_A", a_state_dict=load_checkpoint(tmp_path / "a.pt")["model"])
-    optimizer = build_optimizer(d, lr=1e-2, copied_from_A=d.copied_from_A)
-    schedule = LRSchedule(optimizer, "plateau", total_steps=100, patience=0)
-    for epoch in range(1, 6):
-        schedule.end_epoch(epoch, 0.5)
-    schedule.update(5)
-    assert schedule.drops == 3
-    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
-    for name, p in d.named_parameters():
-        expected = 1e-2 if name in d.copied_from_A else 1e-5
-        assert lr_of[id(p)] == pytest.approx(expected), name
-    assert len(d.copied_from_A) == 14  # 4 convs + 3 FCs, weight and bias each
-
-
-def test_bias_and_norm_exemption():
-    model = build_vgg("A", num_classes=10, in_channels=1, image_size=32, fc_width=64,
-                      batch_norm=True)
-    groups = param_groups(model, 5e-4, decay_norm_and_bias=False)
-    decayed = {id(p) for g in groups if g["weight_decay"] for p in g["params"]}
-    for name, p in model.named_parameters():
-        assert (id(p) in decayed) == (p.ndim > 1), name
-    assert all(g["weight_decay"] == 5e-4 for g in param_groups(model, 5e-4))
-
-
-@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
-def test_resumed_metrics_log_drops_exactly_the_rows_after_the_checkpoint(tmp_path, fmt):
-    path = tmp_path / f"metrics.{fmt}"
-    log = MetricsLog(path, fmt)
-    for step in range(1, 7):  # two epochs of three steps
-        log.write({"kind": "train", "epoch": (step - 1) // 3 + 1, "step": step})
-        if step % 3 == 0:
-            log.write({"kind": "epoch", "epoch": step // 3, "step": step})
-    # A checkpoint taken at step 6 before epoch 2's validation: epoch 2's row goes too,
-    # though its step is not after the checkpoint's.
-    MetricsLog(path, fmt, resume_from=(1, 6))
-    kept = [(r["kind"], int(r["epoch"]), int(r["step"])) for r in MetricsLog.read(path)]
-    assert kept == [("train", 1, 1), ("train", 1, 2), ("train", 1, 3), ("epoch", 1, 3),
-                    ("train", 2, 4), ("train", 2, 5), ("train", 2, 6)]
-    MetricsLog(path, fmt, resume_from=(0, 2))
-    assert [int(r["step"]) for r in MetricsLog.read(path)] == [1, 2]
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
-
-
-def test_a_failed_atomic_replace_leaves_the_old_file(tmp_path):
-    path = tmp_path / "file.txt"
-    path.write_text("old")
-    with pytest.raises(RuntimeError), replace_atomically(path) as f:
-        f.write("half of the new")
-        raise RuntimeError("killed mid-write")
-    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == [path.name]
-    with replace_atomically(path) as f:
-        f.write("new")
-    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == [path.name]
-
-
-# ------------------------------------------------------------------------- whole runs
 
 
 def test_resume_after_a_step_is_bit_identical(tmp_path):
@@ -183,6 +72,7 @@ def test_resume_after_a_step_is_bit_identical(tmp_path):
     assert rows(tmp_path / "full", "epoch")[-1]["val_n"] == 32
 
 
+
 def test_flags_given_with_resume_override_the_saved_hyperparameters(tmp_path):
     # "Resume with a lower --lr" is the advice after a divergence: it must take effect.
     assert train.main(tiny(tmp_path / "run", "--max_steps", "5")) == 0
@@ -193,6 +83,7 @@ def test_flags_given_with_resume_override_the_saved_hyperparameters(tmp_path):
     assert {g["lr"] for g in resumed["optimizer"]["param_groups"]} == {0.001}
     assert {g["weight_decay"] for g in resumed["optimizer"]["param_groups"]} == {0.0001}
     assert [r["lr"] for r in rows(tmp_path / "run", "train")][4:] == [0.01, 0.001, 0.001]
+
 
 
 @pytest.mark.slow
@@ -217,6 +108,7 @@ def test_sigterm_saves_and_resume_is_bit_identical(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert_same_state(load_checkpoint(tmp_path / "full" / "last.pt")["model"],
                       load_checkpoint(cut / "last.pt")["model"])
+
 
 
 @pytest.mark.slow
@@ -247,8 +139,6 @@ def test_killed_while_writing_a_checkpoint_last_stays_readable(tmp_path):
     assert not list(run_dir.glob(".*.tmp"))
 
 
-# ------------------------------------------------------------------------- clear errors
-
 
 def test_missing_imagenet_says_what_to_do(tmp_path):
     run = cli("--model_version", "D", "--data_root", str(tmp_path / "data"),
@@ -258,12 +148,14 @@ def test_missing_imagenet_says_what_to_do(tmp_path):
     assert str(tmp_path / "data") in run.stderr and "ImageNet" in run.stderr
 
 
+
 def test_default_command_without_imagenet(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model_version", "D"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "WANDB_MODE": "disabled"})
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "ImageNet" in run.stderr and "data" in run.stderr
+
 
 
 def test_truncated_and_mismatched_checkpoints(tmp_path, capsys):
@@ -286,11 +178,13 @@ def test_truncated_and_mismatched_checkpoints(tmp_path, capsys):
     assert "no checkpoint file" in capsys.readouterr().err
 
 
+
 def test_existing_run_dir_is_not_overwritten(tmp_path, capsys):
     args = tiny(tmp_path / "r", "--epochs", "1", "--train_subset", "16")
     assert train.main(args) == 0
     assert train.main(args) == 2
     assert "--resume" in capsys.readouterr().err
+
 
 
 def test_non_finite_loss_stops_naming_the_checkpoint_or_skips(tmp_path, capsys):
@@ -301,6 +195,7 @@ def test_non_finite_loss_stops_naming_the_checkpoint_or_skips(tmp_path, capsys):
     assert train.main(tiny(tmp_path / "skip", "--lr", "1e30", "--on_nonfinite", "skip")) == 0
     epochs = rows(tmp_path / "skip", "epoch")
     assert epochs[-1]["nonfinite_steps"] > 0
+
 
 
 def test_csv_metrics_and_best_checkpoint(tmp_path):
@@ -316,53 +211,38 @@ def test_csv_metrics_and_best_checkpoint(tmp_path):
                                     if r["kind"] == "epoch")
 
 
+
 def test_killed_between_best_and_last_no_checkpoint_claims_a_missing_best(tmp_path,
                                                                          monkeypatch):
     run_dir = tmp_path / "b"
     args = tiny(run_dir, "--checkpoint_interval", "3")
-    real_link = train.link_atomically
+    real_link = run_dir_module.link_atomically
 
     def killed(source, target):  # the process dies after the epoch's first checkpoint write
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "link_atomically", killed)
+    monkeypatch.setattr(run_dir_module, "link_atomically", killed)
     with pytest.raises(KeyboardInterrupt):
         train.main(args)
     last, best = (load_checkpoint(run_dir / name) for name in ("last.pt", "best.pt"))
     assert (last["epoch"], last["step"], last["best_top1"]) == (0, 6, -1.0)  # mid-epoch save
     assert (best["epoch"], best["step"]) == (1, 6) and best["best_top1"] > 0
-    monkeypatch.setattr(train, "link_atomically", real_link)
+    monkeypatch.setattr(run_dir_module, "link_atomically", real_link)
     assert train.main(["--resume", str(run_dir)]) == 0  # validates epoch 1 again
     assert [r["epoch"] for r in rows(run_dir, "epoch")] == [1, 2]
     final, best = (load_checkpoint(run_dir / name) for name in ("last.pt", "best.pt"))
     assert final["step"] == 12 and final["best_top1"] == best["best_top1"]
     # Killed there in a run's first epoch, best.pt is the only checkpoint: --resume finds it.
     first = tmp_path / "first"
-    monkeypatch.setattr(train, "link_atomically", killed)
+    monkeypatch.setattr(run_dir_module, "link_atomically", killed)
     with pytest.raises(KeyboardInterrupt):
         train.main(tiny(first))
     assert not (first / "last.pt").exists()
     assert train.main(tiny(first)) == 2  # not silently started over in the same directory
-    monkeypatch.setattr(train, "link_atomically", real_link)
+    monkeypatch.setattr(run_dir_module, "link_atomically", real_link)
     assert train.main(["--resume", str(first)]) == 0
     assert load_checkpoint(first / "last.pt")["step"] == 12
 
-
-def test_default_run_names_started_in_the_same_second_get_their_own_directories(tmp_path):
-    claimed = {train.claim_run_dir(tmp_path, "Digits-A-20261122-101010") for _ in range(3)}
-    assert sorted(p.name for p in claimed) == ["Digits-A-20261122-101010",
-                                               "Digits-A-20261122-101010-2",
-                                               "Digits-A-20261122-101010-3"]
-
-
-def test_only_the_temporaries_of_dead_writers_are_removed(tmp_path):
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True, check=True)
-    dead, alive = int(finished.stdout), os.getpid()
-    for pid in (dead, alive):
-        (tmp_path / f".last.pt.{pid}.tmp").write_bytes(b"partial")
-    train.remove_stale_temporaries(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [f".last.pt.{alive}.tmp"]
 
 
 def wandb_history(path: Path) -> list[dict]:
@@ -386,6 +266,7 @@ def wandb_history(path: Path) -> list[dict]:
     return history
 
 
+
 def test_wandb_offline_records_the_metrics(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -402,8 +283,6 @@ def test_wandb_offline_records_the_metrics(tmp_path, monkeypatch):
     assert run_id and files[0].name == f"run-{run_id}.wandb"
 
 
-# ------------------------------------------------------------------------- accuracy
-
 
 @pytest.mark.slow
 def test_quickstart_reaches_its_stated_accuracy(tmp_path):
@@ -412,6 +291,7 @@ def test_quickstart_reaches_its_stated_accuracy(tmp_path):
     assert run.returncode == 0, run.stderr
     best = min(r["val_top1_err"] for r in rows(tmp_path / "quickstart_digits", "epoch"))
     assert best <= 0.05
+
 
 
 @pytest.mark.slow
@@ -427,12 +307,12 @@ def test_real_mnist_reaches_97_percent(tmp_path):
     assert run.returncode == 0, run.stderr
     import dataset_class
     from vgg.checkpoint import model_from_checkpoint
-    from vgg.training import evaluate
+    from vgg.engine import validate
     model = model_from_checkpoint(load_checkpoint(tmp_path / "m" / "best.pt"))
     spec = dataset_class.dataset_spec("Mnist")
     test = dataset_class.build_dataset("Mnist", "test", MNIST,
                                        dataset_class.eval_transform(spec, 32))
     loader = torch.utils.data.DataLoader(test, 500)
-    result = evaluate(model, loader, torch.device("cpu"))
+    result = validate(model, loader, torch.device("cpu"))
     assert result["n"] == 10_000
     assert 1 - result["top1_err"] >= 0.97

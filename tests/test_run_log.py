@@ -1,0 +1,24 @@
+"""vgg/run_log.py: the metrics file as written, resumed and read back."""
+
+import pytest
+
+from vgg.run_log import MetricsLog
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_resumed_metrics_log_drops_exactly_the_rows_after_the_checkpoint(tmp_path, fmt):
+    path = tmp_path / f"metrics.{fmt}"
+    log = MetricsLog(path, fmt)
+    for step in range(1, 7):  # two epochs of three steps
+        log.write({"kind": "train", "epoch": (step - 1) // 3 + 1, "step": step})
+        if step % 3 == 0:
+            log.write({"kind": "epoch", "epoch": step // 3, "step": step})
+    # A checkpoint taken at step 6 before epoch 2's validation: epoch 2's row goes too,
+    # though its step is not after the checkpoint's.
+    MetricsLog(path, fmt, resume_from=(1, 6))
+    kept = [(r["kind"], int(r["epoch"]), int(r["step"])) for r in MetricsLog.read(path)]
+    assert kept == [("train", 1, 1), ("train", 1, 2), ("train", 1, 3), ("epoch", 1, 3),
+                    ("train", 2, 4), ("train", 2, 5), ("train", 2, 6)]
+    MetricsLog(path, fmt, resume_from=(0, 2))
+    assert [int(r["step"]) for r in MetricsLog.read(path)] == [1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
