@@ -5,7 +5,10 @@ batch 256, lr 1e-2 divided by 10 on a validation plateau at most 3 times, 74 epo
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from vgg.configuration import ConfigError
 from vgg.model import INITS, VERSIONS
@@ -115,10 +118,45 @@ class Config:
         if self.init_from is not None and self.init == "from_A":
             raise ConfigError("init_from loads all weights; it cannot be combined with "
                               "init=from_A")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.lr <= 0 or self.lr_factor <= 0 or self.lr_factor >= 1:
-            raise ConfigError("lr must be positive and lr_factor in (0, 1)")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N (N a GPU "
+                              f"number), got {self.device!r}")
+        if self.run_name is not None and (Path(self.run_name).name != self.run_name
+                                          or self.run_name in ("", ".", "..")):
+            raise ConfigError(f"--run_name {self.run_name!r} must be a plain directory name "
+                              "inside --out_dir (no '/', '..' or absolute path); set "
+                              "--out_dir for another place")
+        self._validate_numbers()
+
+    def _validate_numbers(self) -> None:
+        """Every numeric option a run would otherwise fail on later (or silently misuse)."""
+        def require(ok: bool, flag: str, rule: str, value) -> None:
+            if not ok:
+                raise ConfigError(f"--{flag} must be {rule}, got {value}")
+
+        for name in ("lr", "weight_decay", "momentum", "init_std", "min_lr", "lr_factor",
+                     "warmup_epochs", "plateau_threshold", "label_smoothing"):
+            require(math.isfinite(getattr(self, name)), name, "a finite number",
+                    getattr(self, name))
+        require(self.lr > 0 and 0 < self.lr_factor < 1, "lr",
+                "positive (and --lr_factor in (0, 1))", (self.lr, self.lr_factor))
+        require(self.weight_decay >= 0, "weight_decay", "0 or more", self.weight_decay)
+        require(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
+        require(all(0 <= b < 1 for b in self.betas), "betas", "two values in [0, 1)",
+                list(self.betas))
+        require(self.grad_clip is None or self.grad_clip > 0, "grad_clip",
+                "positive (or none: no clipping)", self.grad_clip)
+        require(0 <= self.min_lr <= self.lr, "min_lr", f"in [0, --lr = {self.lr}]",
+                self.min_lr)
+        require(self.init_std >= 0, "init_std", "0 or more", self.init_std)
+        require(self.step_epochs >= 1, "step_epochs", "1 or more", self.step_epochs)
+        require(self.image_size is None or self.image_size % 32 == 0, "image_size",
+                "a positive multiple of 32 (five 2x2 poolings)", self.image_size)
+        require(self.train_scale is None or self.image_size is None
+                or self.train_scale[0] >= self.image_size, "train_scale",
+                f"at least the crop --image_size {self.image_size}",
+                list(self.train_scale or ()))
+        require(self.workers <= 256, "workers", "at most 256 loader processes", self.workers)
         if self.label_smoothing < 0 or self.label_smoothing >= 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if min(self.warmup_epochs, self.keep_last_k, self.checkpoint_interval,

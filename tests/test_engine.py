@@ -1,12 +1,16 @@
 """vgg/engine.py: the step against a hand-computed big-batch update, clipping, validation."""
 
+import os
+import signal
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vgg.engine import train_step
+from vgg.engine import train_step, validate
 from vgg.model import build_vgg
 from vgg.optim import build_optimizer
+from vgg.stop import StopRequest
 
 
 def test_accumulation_equals_one_big_batch():
@@ -28,3 +32,37 @@ def test_accumulation_equals_one_big_batch():
     assert result.samples == 13 and result.finite
     assert result.loss_sum / 13 == pytest.approx(F.cross_entropy(reference(x), y).item(),
                                                  rel=1e-5)
+
+
+def test_grad_clip_gives_the_hand_computed_clipped_update():
+    # Plain SGD on a linear layer: the update is -lr * g * clip / |g| when |g| > clip.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    initial = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    reference = torch.nn.Linear(4, 3)
+    reference.load_state_dict(model.state_dict())
+    F.cross_entropy(reference(x), y).backward()
+    grads = [p.grad for p in reference.parameters()]
+    norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+    clip = 1e-3
+    assert norm > 100 * clip  # the clip binds
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    result = train_step(model, optimizer, [(x, y)], device=torch.device("cpu"),
+                        grad_clip=clip)
+    assert result.grad_norm == pytest.approx(norm.item(), rel=1e-5)  # before clipping
+    for p, p0, g in zip(model.parameters(), initial, grads, strict=True):
+        torch.testing.assert_close(p.detach(), p0 - 0.5 * g * clip / norm, rtol=1e-5,
+                                   atol=1e-8)
+
+
+def test_validation_returns_nothing_once_a_stop_is_requested():
+    # SIGTERM during validation: the trainer skips the rest of it and saves at once.
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    loader = [(torch.randn(2, 4), torch.tensor([0, 1]))] * 3
+    with StopRequest(announce=lambda *a, **k: None) as stop:
+        result = validate(model, loader, torch.device("cpu"), stop=stop)
+        assert result is not None and result["n"] == 6
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+        assert validate(model, loader, torch.device("cpu"), stop=stop) is None

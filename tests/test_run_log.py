@@ -22,3 +22,17 @@ def test_resumed_metrics_log_drops_exactly_the_rows_after_the_checkpoint(tmp_pat
     MetricsLog(path, fmt, resume_from=(0, 2))
     assert [int(r["step"]) for r in MetricsLog.read(path)] == [1, 2]
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_torn_last_line_is_dropped_on_resume(tmp_path, fmt):
+    # Power loss mid-append leaves half a row without its newline; resuming must work.
+    path = tmp_path / f"metrics.{fmt}"
+    log = MetricsLog(path, fmt)
+    for step in (1, 2):
+        log.write({"kind": "train", "epoch": 1, "step": step, "loss": 0.5})
+    whole = path.read_text()
+    path.write_text(whole + whole.splitlines()[-1][:7])
+    assert [int(r["step"]) for r in MetricsLog.read(path)] == [1, 2]
+    MetricsLog(path, fmt, resume_from=(0, 2))
+    assert path.read_text() == whole
