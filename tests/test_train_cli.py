@@ -316,3 +316,80 @@ def test_real_mnist_reaches_97_percent(tmp_path):
     result = validate(model, loader, torch.device("cpu"))
     assert result["n"] == 10_000
     assert 1 - result["top1_err"] >= 0.97
+
+
+def test_resume_in_a_config_file_works_like_the_flag(tmp_path):
+    run_dir = tmp_path / "run"
+    assert train.main(tiny(run_dir, "--train_subset", "32", "--max_steps", "1")) == 0
+    config = tmp_path / "continue.yaml"
+    config.write_text(f"resume: {run_dir}\nmax_steps: null\n")
+    assert train.main(["--config", str(config)]) == 0
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 4  # 2 epochs of 2 steps
+    assert [r["step"] for r in rows(run_dir, "train")] == [1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "one"
+    assert train.main(tiny(run_dir, "--epochs", "1", "--train_subset", "16")) == 0
+    return run_dir
+
+
+def test_checkpoint_describes_its_preprocessing(one_epoch):
+    import dataset_class
+    spec = dataset_class.dataset_spec("Digits")
+    for name in ("last.pt", "best.pt"):
+        record = load_checkpoint(one_epoch / name)["preprocessing"]  # weights_only
+        assert record == {"dataset": "Digits", "classes": [str(d) for d in range(10)],
+                          "in_channels": 1, "image_size": 32, "mean": list(spec.mean),
+                          "std": list(spec.std), "train_scale": list(spec.train_scale_at(32)),
+                          "resize": "bilinear"}
+
+
+def test_init_from_a_bare_state_dict_of_the_same_network(one_epoch, tmp_path):
+    weights = load_checkpoint(one_epoch / "last.pt")["model"]
+    torch.save(weights, tmp_path / "bare.pt")
+    run_dir = tmp_path / "tuned"
+    assert train.main(tiny(run_dir, "--epochs", "1", "--train_subset", "16", "--max_steps",
+                           "1", "--lr", "1e-9", "--init_from", str(tmp_path / "bare.pt"))) == 0
+    tuned = load_checkpoint(run_dir / "last.pt")["model"]
+    # lr 1e-9: one step leaves the loaded weights (not a fresh init) nearly unchanged.
+    for key, value in weights.items():
+        torch.testing.assert_close(tuned[key], value, rtol=0, atol=1e-6)
+
+
+def test_a_full_disk_at_a_save_is_a_clear_error_and_keeps_the_checkpoint(tmp_path, capsys):
+    run_dir = tmp_path / "full"
+    assert train.main(tiny(run_dir, "--train_subset", "16", "--max_steps", "1")) == 0
+    # The next saves write through /dev/full: ENOSPC, as on a full disk.
+    for name in ("last.pt", "best.pt"):
+        os.symlink("/dev/full", run_dir / f".{name}.{os.getpid()}.tmp")
+    capsys.readouterr()
+    assert train.main(["--resume", str(run_dir), "--max_steps", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "no space left" in err and "Traceback" not in err
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 1
+
+
+@pytest.mark.slow
+def test_sigterm_during_validation_saves_the_trained_epoch_and_skips_validation(tmp_path):
+    # A large validation set behind a one-step epoch: the signal lands in validation.
+    run_dir = tmp_path / "val"
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *tiny(run_dir, "--train_subset", "16", "--val_subset",
+                                           "none", "--val_fraction", "0.9")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "WANDB_MODE": "disabled"})
+    deadline = time.time() + 120
+    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text()):
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)  # the epoch's one step is logged: now validating
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    stopped = load_checkpoint(run_dir / "last.pt")
+    assert (stopped["epoch"], stopped["step"], stopped["position"]) == (0, 1, 16)
+    assert rows(run_dir, "epoch") == []  # validation skipped, nothing claimed
+    resumed = cli("--resume", str(run_dir), "--epochs", "1", "--val_subset", "32")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["epoch"] for r in rows(run_dir, "epoch")] == [1]

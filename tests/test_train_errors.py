@@ -1,0 +1,71 @@
+"""train.py on bad input: every case a clear one-paragraph error with exit code 2, never a
+traceback, and never torch's advice to load files with weights_only=False."""
+
+import fractions
+
+import pytest
+import torch
+
+import train
+
+SMALL = ["--dataset", "Digits", "--model_version", "A", "--fc_width", "64", "--train_subset",
+         "16", "--val_subset", "16", "--batch_size", "16", "--epochs", "1", "--workers", "0",
+         "--device", "cpu", "--wandb", "disabled", "--progress", "false"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Checkpoint files that are not what the flags expect, in torch's real format."""
+    root = tmp_path_factory.mktemp("files")
+    contents = {"list": [1, 2], "tensor": torch.zeros(3), "model_str": {"model": "weights"},
+                "model_list": {"model": [1.0, 2.0]},
+                "pickled": {"model": {}, "note": fractions.Fraction(1, 3)}}
+    for name, content in contents.items():
+        torch.save(content, root / f"{name}.pt")
+    (root / "a_file").write_text("not a directory")
+    return root
+
+
+CASES = [
+    (["--device", "cuda:x"], "--device"),
+    (["--device", "tpu"], "--device"),
+    (["--run_name", "../escaped"], "--run_name"),
+    (["--run_name", "/tmp/absolute"], "--run_name"),
+    (["--resume", "{files}/list.pt"], "does not hold a checkpoint dict"),
+    (["--resume", "{files}/tensor.pt"], "does not hold a checkpoint dict"),
+    (["--resume", "{files}/pickled.pt"], "not a readable checkpoint"),
+    (["--init_from", "{files}/list.pt"], "does not hold a checkpoint dict"),
+    (["--init_from", "{files}/model_str.pt"], "holds no network weights"),
+    (["--init_from", "{files}/pickled.pt"], "not a readable checkpoint"),
+    (["--init", "from_A", "--init_from_A", "{files}/tensor.pt"], "checkpoint dict"),
+    (["--init", "from_A", "--init_from_A", "{files}/model_list.pt"], "no network weights"),
+    (["--out_dir", "{files}/a_file"], "cannot create a run directory"),
+    (["--out_dir", "{files}/a_file/below"], "cannot create a run directory"),
+    (["--schedule", "step", "--step_epochs", "0"], "--step_epochs"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--weight_decay=-1e-4"], "--weight_decay"),
+    (["--momentum", "1.0"], "--momentum"),
+    (["--betas", "0.9,1.0"], "--betas"),
+    (["--grad_clip", "0"], "--grad_clip"),
+    (["--schedule", "cosine", "--min_lr", "0.1"], "--min_lr"),
+    (["--init_std=-0.01"], "--init_std"),
+    (["--image_size", "48"], "--image_size"),
+    (["--image_size", "32", "--train_scale", "16,32"], "--train_scale"),
+    (["--workers", "100000"], "--workers"),
+]
+
+
+@pytest.mark.parametrize("extra, needle", CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_bad_input_is_a_clear_error(files, tmp_path, capsys, extra, needle):
+    argv = [a.format(files=files) for a in extra]
+    assert train.main([*SMALL, "--out_dir", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and err.startswith("train.py: error:")
+    assert "weights_only=False" not in err and "file an issue" not in err.lower()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu(tmp_path, capsys):
+    assert train.main([*SMALL, "--out_dir", str(tmp_path), "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
