@@ -45,6 +45,7 @@ class Config:
     init: str = choice("xavier", INITS)  # random init; "from_A" copies Sec. 3.1's layers
     init_std: float = 1e-2  # std of the normal init ("paper", and from_A's random layers)
     init_from_A: str | None = None  # trained config-A checkpoint, for init=from_A
+    from_A_fixed_lr: bool = False  # copied layers keep the initial lr through every drop
     init_from: str | None = None  # load model weights only (fine-tuning, e.g. S=384 from 256)
     resume: str | None = None  # run dir or checkpoint to continue exactly where it stopped
     # --- optimisation ---

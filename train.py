@@ -180,6 +180,11 @@ def build_data(cfg: Config, rank: int, world: int) -> Data:
     if cfg.val_subset and cfg.val_subset < len(val_set):
         val_set = Subset(val_set, torch.randperm(len(val_set), generator=generator)
                          [: cfg.val_subset].tolist())
+    if len(val_set) == 0:
+        raise DataError(f"the validation set of {cfg.dataset} has no images (--val_fraction "
+                        f"{cfg.val_fraction} of the training images, or an empty val/): the "
+                        "plateau schedule and best.pt are decided on validation accuracy. "
+                        "Raise --val_fraction or add validation images")
     micro = cfg.micro_batch_size or cfg.batch_size // world
     if micro == 0 or cfg.batch_size % (micro * world):
         raise ConfigError(f"batch_size {cfg.batch_size} is not micro_batch_size ({micro}) x "
@@ -235,7 +240,10 @@ def build_training(cfg: Config, model: torch.nn.Module, model_args: dict[str, An
     optimizer = build_optimizer(
         model.to(device), cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
         nesterov=cfg.nesterov, betas=cfg.betas, weight_decay=cfg.weight_decay,
-        decay_norm_and_bias=cfg.decay_norm_and_bias, copied_from_A=model.copied_from_A)
+        decay_norm_and_bias=cfg.decay_norm_and_bias,
+        # Sec. 3.1's "we did not decrease the learning rate for the pre-initialised layers"
+        # read as "no lower rate than the rest": they follow the schedule, unless asked.
+        copied_from_A=model.copied_from_A if cfg.from_A_fixed_lr else ())
     schedule = LRSchedule(
         optimizer, cfg.schedule, total_steps=data.steps_per_epoch * cfg.epochs,
         warmup_steps=round(cfg.warmup_epochs * data.steps_per_epoch), factor=cfg.lr_factor,
@@ -315,7 +323,8 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
             f"({len(data.train_set)} train / {len(data.val_set)} val images, "
             f"{data.image_size}px, S={list(data.scale)}), {world} process(es) on {device}, "
             f"{precision}, batch {cfg.batch_size} = {data.micro} x {data.accumulation} "
-            f"accumulation x {world}, {data.steps_per_epoch} steps/epoch"
+            f"accumulation x {world}, {data.steps_per_epoch} steps/epoch x {cfg.epochs} "
+            f"epochs = {data.steps_per_epoch * cfg.epochs} iterations"
             + (f", resuming at epoch {state.epoch + 1} step {state.step}" if resume else ""))
         with stop:
             try:

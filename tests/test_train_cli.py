@@ -318,9 +318,10 @@ def test_real_mnist_reaches_97_percent(tmp_path):
     assert 1 - result["top1_err"] >= 0.97
 
 
-def test_resume_in_a_config_file_works_like_the_flag(tmp_path):
+def test_resume_in_a_config_file_works_like_the_flag(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert train.main(tiny(run_dir, "--train_subset", "32", "--max_steps", "1")) == 0
+    assert "2 steps/epoch x 2 epochs = 4 iterations" in capsys.readouterr().out
     config = tmp_path / "continue.yaml"
     config.write_text(f"resume: {run_dir}\nmax_steps: null\n")
     assert train.main(["--config", str(config)]) == 0
@@ -393,3 +394,16 @@ def test_sigterm_during_validation_saves_the_trained_epoch_and_skips_validation(
     resumed = cli("--resume", str(run_dir), "--epochs", "1", "--val_subset", "32")
     assert resumed.returncode == 0, resumed.stderr
     assert [r["epoch"] for r in rows(run_dir, "epoch")] == [1]
+
+
+def test_layers_copied_from_A_follow_the_schedule_by_default(one_epoch, tmp_path):
+    # Sec. 3.1 (issue 11.1): copied layers get no *lower* rate than the rest; by default
+    # every layer follows the schedule, the frozen-rate reading only when asked.
+    for fixed, expected in (("false", [1e-3]), ("true", [1e-3, 1e-2])):
+        run_dir = tmp_path / fixed
+        assert train.main(tiny(run_dir, "--model_version", "B", "--train_subset", "16",
+                               "--init", "from_A", "--init_from_A", str(one_epoch / "last.pt"),
+                               "--schedule", "step", "--step_epochs", "1",
+                               "--from_A_fixed_lr", fixed)) == 0
+        groups = load_checkpoint(run_dir / "last.pt")["optimizer"]["param_groups"]
+        assert sorted({round(g["lr"], 9) for g in groups}) == expected

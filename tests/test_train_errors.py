@@ -53,6 +53,7 @@ CASES = [
     (["--image_size", "48"], "--image_size"),
     (["--image_size", "32", "--train_scale", "16,32"], "--train_scale"),
     (["--workers", "100000"], "--workers"),
+    (["--val_fraction", "0.0001"], "validation set of Digits has no images"),
 ]
 
 

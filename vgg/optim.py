@@ -13,9 +13,11 @@ from torch import nn
 
 def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = True,
                  copied_from_A: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Parameters split by (weight decay?, learning rate fixed?). Sec. 3.1: the layers a
-    deeper net copies from a trained net A keep their initial learning rate (``fixed_lr``);
-    with ``decay_norm_and_bias=False`` biases and norm weights (1-d tensors) get no decay."""
+    """Parameters split by (weight decay?, learning rate fixed?). The parameters named in
+    ``copied_from_A`` keep their initial learning rate (``fixed_lr``): one reading of Sec.
+    3.1, which the trainer applies only with --from_A_fixed_lr (by default copied layers
+    follow the schedule). With ``decay_norm_and_bias=False`` biases and norm weights (1-d
+    tensors) get no decay."""
     copied = set(copied_from_A)
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
@@ -54,7 +56,7 @@ class LRSchedule:
     - ``cosine``: from the initial lr to ``min_lr`` over all steps after warmup.
 
     All three start with ``warmup_steps`` of linear warmup. Groups with ``fixed_lr`` (the
-    layers copied from net A) keep their initial learning rate throughout. Call
+    layers copied from net A, with --from_A_fixed_lr) keep their initial learning rate. Call
     :meth:`update` before every optimizer step and :meth:`end_epoch` after validation.
     """
 
