@@ -16,7 +16,6 @@ from --resume; then the loop over vgg.engine.train_one_epoch and the end of each
 from __future__ import annotations
 
 import functools
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -25,9 +24,7 @@ from typing import Any
 
 import torch
 import yaml
-from torch.utils.data import Dataset, Subset
 
-import dataset_class
 from config import Config
 from vgg import configuration
 from vgg.checkpoint import (
@@ -37,8 +34,6 @@ from vgg.checkpoint import (
     model_state,
     preprocessing_record,
 )
-from vgg.configuration import ConfigError
-from vgg.data.sampling import ResumableSampler, SeededSamples, ShardSampler
 from vgg.distributed import cleanup, init_distributed
 from vgg.engine import (
     NonFiniteLoss,
@@ -49,19 +44,15 @@ from vgg.engine import (
     train_one_epoch,
     validate,
 )
-from vgg.errors import UserError, run_cli
+from vgg.errors import run_cli
 from vgg.model import build_vgg
-from vgg.optim import LRSchedule, build_optimizer, set_hyperparameters
+from vgg.optim import LRSchedule, build_optimizer
 from vgg.rng import seed_everything
 from vgg.run_dir import RunDirectory, checkpoint_path
 from vgg.run_log import RunLog
 from vgg.stop import StopRequest
+from vgg.train_data import Data, build_data
 from vgg.train_state import Resumable, TrainState
-from vgg.transforms import single_test_scale
-
-
-class DataError(UserError, RuntimeError):
-    """The dataset is missing or unusable; the message says what to do."""
 
 
 @dataclass
@@ -70,24 +61,6 @@ class Resume:
 
     path: Path
     checkpoint: dict[str, Any]
-
-
-@dataclass
-class Data:
-    """The run's datasets and loaders, and the batch arithmetic the schedule needs."""
-
-    spec: dataset_class.DatasetSpec
-    classes: list[str]
-    image_size: int
-    scale: tuple[int, int]
-    train_set: Dataset
-    val_set: Dataset
-    sampler: ResumableSampler
-    train_loader: Any
-    val_loader: Any
-    micro: int
-    accumulation: int
-    steps_per_epoch: int
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,57 +127,6 @@ def open_run_dir(cfg: Config, resume: Resume | None, main: bool, stop: StopReque
     return run_dir
 
 
-def build_data(cfg: Config, rank: int, world: int) -> Data:
-    try:
-        spec = dataset_class.dataset_spec(cfg.dataset, cfg.data_root)
-        image_size = cfg.image_size or spec.image_size
-        scale = cfg.train_scale or spec.train_scale_at(image_size)
-        # The held-out split depends on val_fraction alone (build_dataset's fixed seed), not
-        # on --seed: evaluate.py rebuilds it from the checkpoint's config.
-        common = {"val_fraction": cfg.val_fraction, "download": cfg.download}
-        train_set = dataset_class.build_dataset(
-            cfg.dataset, "train", cfg.data_root,
-            dataset_class.train_transform(spec, image_size, scale, cfg.color_shift), **common)
-        val_set = dataset_class.build_dataset(
-            cfg.dataset, "val", cfg.data_root,
-            dataset_class.eval_transform(spec, image_size, single_test_scale(scale)), **common)
-    except FileNotFoundError as error:
-        raise DataError(f"{error}\n(dataset={cfg.dataset}, data_root={cfg.data_root}; set "
-                        "--data_root, or try the offline quickstart: --config "
-                        "configs/quickstart_digits.yaml)") from None
-    classes = list(train_set.classes)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    if cfg.train_subset and cfg.train_subset < len(train_set):
-        train_set = Subset(train_set, torch.randperm(len(train_set), generator=generator)
-                           [: cfg.train_subset].tolist())
-    if cfg.val_subset and cfg.val_subset < len(val_set):
-        val_set = Subset(val_set, torch.randperm(len(val_set), generator=generator)
-                         [: cfg.val_subset].tolist())
-    if len(val_set) == 0:
-        raise DataError(f"the validation set of {cfg.dataset} has no images (--val_fraction "
-                        f"{cfg.val_fraction} of the training images, or an empty val/): the "
-                        "plateau schedule and best.pt are decided on validation accuracy. "
-                        "Raise --val_fraction or add validation images")
-    micro = cfg.micro_batch_size or cfg.batch_size // world
-    if micro == 0 or cfg.batch_size % (micro * world):
-        raise ConfigError(f"batch_size {cfg.batch_size} is not micro_batch_size ({micro}) x "
-                          f"processes ({world}) x accumulation steps; choose values that "
-                          "divide it")
-    accumulation = cfg.batch_size // (micro * world)
-    sampler = ResumableSampler(len(train_set), cfg.seed, rank, world, with_seeds=True)
-    if sampler.per_rank() == 0:
-        raise DataError(f"the training set has {len(train_set)} samples, fewer than the "
-                        f"{world} processes")
-    train_loader = dataset_class.build_loader(SeededSamples(train_set), micro, train=True,
-                                              workers=cfg.workers, drop_last=False,
-                                              sampler=sampler)
-    val_loader = dataset_class.build_loader(val_set, micro, train=False, workers=cfg.workers,
-                                            sampler=ShardSampler(val_set, rank, world))
-    steps_per_epoch = math.ceil(math.ceil(sampler.per_rank() / micro) / accumulation)
-    return Data(spec, classes, image_size, scale, train_set, val_set, sampler, train_loader,
-                val_loader, micro, accumulation, steps_per_epoch)
-
-
 def build_model(cfg: Config, model_args: dict[str, Any], resume: Resume | None
                 ) -> torch.nn.Module:
     """The network to train: to be resumed (weights follow in Resumable.restore), copied
@@ -259,15 +181,6 @@ def build_training(cfg: Config, model: torch.nn.Module, model_args: dict[str, An
     return resumable, settings, precision
 
 
-def restore(resumable: Resumable, resume: Resume, cfg: Config, state: TrainState, rank: int,
-            world: int) -> None:
-    resumable.restore(resume.checkpoint, str(resume.path), state)
-    set_hyperparameters(resumable.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                        momentum=cfg.momentum)
-    resumable.schedule.update(state.step)
-    state.restore_rng(rank, world, str(resume.path))
-
-
 def end_of_epoch(model: torch.nn.Module, resumable: Resumable, state: TrainState, data: Data,
                  settings: StepSettings, run_dir: RunDirectory, run_log: RunLog,
                  stop: StopRequest, started: float) -> bool:
@@ -307,7 +220,10 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
         resumable, settings, precision = build_training(cfg, model, model_args, data, device)
         state = TrainState()
         if resume is not None:
-            restore(resumable, resume, cfg, state, rank, world)
+            flagged = {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                       "momentum": cfg.momentum}
+            resumable.restore(resume.checkpoint, str(resume.path), state, rank=rank,
+                              world=world, hyperparameters=flagged)
         train_model = prepare_model(model, device, channels_last=settings.channels_last,
                                     compile=cfg.compile)
         if main_process:

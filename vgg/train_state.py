@@ -12,7 +12,7 @@ from torch import nn
 
 from vgg.checkpoint import CheckpointError, load_model_state
 from vgg.distributed import all_gather_object
-from vgg.optim import LRSchedule
+from vgg.optim import LRSchedule, set_hyperparameters
 from vgg.rng import rng_state, set_rng_state
 
 
@@ -134,9 +134,11 @@ class Resumable:
                 "copied_from_A": list(getattr(self.model, "copied_from_A", ())),
                 **state.state_dict()}
 
-    def restore(self, checkpoint: dict[str, Any], source: str, state: TrainState) -> None:
+    def restore(self, checkpoint: dict[str, Any], source: str, state: TrainState, *,
+                rank: int, world: int, hyperparameters: dict[str, float]) -> None:
         """Load ``checkpoint`` (of the same network, checked by the caller) into these
-        objects and ``state``."""
+        objects, ``state`` and this process's RNGs. ``hyperparameters`` (lr, weight_decay,
+        momentum) are the config's: they win over the saved ones."""
         load_model_state(self.model, checkpoint["model"], source)
         try:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -147,3 +149,6 @@ class Resumable:
         except (KeyError, ValueError, TypeError) as error:
             raise CheckpointError(f"{source}: its optimizer/schedule state does not fit "
                                   f"this config ({error})") from None
+        set_hyperparameters(self.optimizer, **hyperparameters)
+        self.schedule.update(state.step)
+        state.restore_rng(rank, world, source)

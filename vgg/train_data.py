@@ -1,0 +1,93 @@
+"""The training run's data: the datasets (with --train_subset/--val_subset), their
+loaders in the resumable training order, and the batch arithmetic (micro-batch x
+accumulation x processes) that the schedule counts steps with."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+import dataset_class
+from vgg.configuration import ConfigError
+from vgg.data.sampling import ResumableSampler, SeededSamples, ShardSampler
+from vgg.errors import UserError
+from vgg.transforms import single_test_scale
+
+
+class DataError(UserError, RuntimeError):
+    """The dataset is missing or unusable; the message says what to do."""
+
+
+@dataclass
+class Data:
+    """The run's datasets and loaders, and the batch arithmetic the schedule needs."""
+
+    spec: dataset_class.DatasetSpec
+    classes: list[str]
+    image_size: int
+    scale: tuple[int, int]
+    train_set: Dataset
+    val_set: Dataset
+    sampler: ResumableSampler
+    train_loader: Any
+    val_loader: Any
+    micro: int
+    accumulation: int
+    steps_per_epoch: int
+
+
+def build_data(cfg: Any, rank: int, world: int) -> Data:
+    """The data of a run configured by ``cfg`` (a config.Config), for process ``rank`` of
+    ``world``."""
+    try:
+        spec = dataset_class.dataset_spec(cfg.dataset, cfg.data_root)
+        image_size = cfg.image_size or spec.image_size
+        scale = cfg.train_scale or spec.train_scale_at(image_size)
+        # The held-out split depends on val_fraction alone (build_dataset's fixed seed), not
+        # on --seed: evaluate.py rebuilds it from the checkpoint's config.
+        common = {"val_fraction": cfg.val_fraction, "download": cfg.download}
+        train_set = dataset_class.build_dataset(
+            cfg.dataset, "train", cfg.data_root,
+            dataset_class.train_transform(spec, image_size, scale, cfg.color_shift), **common)
+        val_set = dataset_class.build_dataset(
+            cfg.dataset, "val", cfg.data_root,
+            dataset_class.eval_transform(spec, image_size, single_test_scale(scale)), **common)
+    except FileNotFoundError as error:
+        raise DataError(f"{error}\n(dataset={cfg.dataset}, data_root={cfg.data_root}; set "
+                        "--data_root, or try the offline quickstart: --config "
+                        "configs/quickstart_digits.yaml)") from None
+    classes = list(train_set.classes)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if cfg.train_subset and cfg.train_subset < len(train_set):
+        train_set = Subset(train_set, torch.randperm(len(train_set), generator=generator)
+                           [: cfg.train_subset].tolist())
+    if cfg.val_subset and cfg.val_subset < len(val_set):
+        val_set = Subset(val_set, torch.randperm(len(val_set), generator=generator)
+                         [: cfg.val_subset].tolist())
+    if len(val_set) == 0:
+        raise DataError(f"the validation set of {cfg.dataset} has no images (--val_fraction "
+                        f"{cfg.val_fraction} of the training images, or an empty val/): the "
+                        "plateau schedule and best.pt are decided on validation accuracy. "
+                        "Raise --val_fraction or add validation images")
+    micro = cfg.micro_batch_size or cfg.batch_size // world
+    if micro == 0 or cfg.batch_size % (micro * world):
+        raise ConfigError(f"batch_size {cfg.batch_size} is not micro_batch_size ({micro}) x "
+                          f"processes ({world}) x accumulation steps; choose values that "
+                          "divide it")
+    accumulation = cfg.batch_size // (micro * world)
+    sampler = ResumableSampler(len(train_set), cfg.seed, rank, world, with_seeds=True)
+    if sampler.per_rank() == 0:
+        raise DataError(f"the training set has {len(train_set)} samples, fewer than the "
+                        f"{world} processes")
+    train_loader = dataset_class.build_loader(SeededSamples(train_set), micro, train=True,
+                                              workers=cfg.workers, drop_last=False,
+                                              sampler=sampler)
+    val_loader = dataset_class.build_loader(val_set, micro, train=False, workers=cfg.workers,
+                                            sampler=ShardSampler(val_set, rank, world))
+    steps_per_epoch = math.ceil(math.ceil(sampler.per_rank() / micro) / accumulation)
+    return Data(spec, classes, image_size, scale, train_set, val_set, sampler, train_loader,
+                val_loader, micro, accumulation, steps_per_epoch)
