@@ -262,7 +262,8 @@ def train_loop(cfg: Config, model: torch.nn.Module, resumable: Resumable, state:
         data.sampler.set_epoch(state.epoch, state.position)
         finished = train_one_epoch(
             model, resumable, data.train_loader, state, settings,
-            accumulation=data.accumulation, steps_per_epoch=data.steps_per_epoch, cfg=cfg,
+            micro=data.micro, accumulation=data.accumulation,
+            steps_per_epoch=data.steps_per_epoch, cfg=cfg,
             run_dir=run_dir, run_log=run_log, stop=stop)
         if not (finished and end_of_epoch(model, resumable, state, data, settings, run_dir,
                                           run_log, stop, started)):

@@ -174,14 +174,16 @@ class StepSettings:
 
 
 def train_one_epoch(model: nn.Module, resumable: Resumable, loader, state: TrainState,
-                    settings: StepSettings, *, accumulation: int, steps_per_epoch: int,
-                    cfg: Any, run_dir: Any, run_log: Any, stop: Any) -> bool:
+                    settings: StepSettings, *, micro: int, accumulation: int,
+                    steps_per_epoch: int, cfg: Any, run_dir: Any, run_log: Any, stop: Any
+                    ) -> bool:
     """Train from ``state.position`` to the end of the epoch, ``accumulation`` micro-batches
-    per optimizer step; False when stopped early (a signal, or ``cfg.max_steps``), after
-    writing last.pt. Every ``cfg.log_interval`` steps a row goes to ``run_log``; every
-    ``cfg.checkpoint_interval`` steps last.pt is written through ``run_dir``."""
+    of ``micro`` samples per optimizer step; False when stopped early (a signal, or
+    ``cfg.max_steps``), after writing last.pt. Every ``cfg.log_interval`` steps a row goes
+    to ``run_log``; every ``cfg.checkpoint_interval`` steps last.pt is written through
+    ``run_dir``."""
     batches, interval, started = iter(loader), Tally(), time.time()
-    with tqdm(total=steps_per_epoch, initial=state.position // (loader.batch_size * accumulation),
+    with tqdm(total=steps_per_epoch, initial=state.position // (micro * accumulation),
               desc=f"epoch {state.epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
               disable=not (run_log.main and cfg.progress)) as progress:
         while window := list(itertools.islice(batches, accumulation)):
