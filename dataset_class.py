@@ -48,10 +48,10 @@ takes the dataset's own validation split where it has one (ImageNet's official v
 set, on which the paper took its plateau decisions; an ImageFolder's val/), training on all
 of the training images, and holds a seeded 10% out elsewhere. A number holds that share of
 the training images out in every case, leaving the dataset's own validation set untouched.
-
-Names re-exported here (train.py, evaluate.py, the benchmarks and the notebook use them):
 """
 
+# What a registration needs, and the names train.py, evaluate.py, the benchmarks and the
+# notebook import from here.
 from vgg.data import (
     DATASETS,
     DatasetNotFoundError,

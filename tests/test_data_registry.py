@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from dataset_class import DATASETS, DatasetSpec, build_dataset, dataset_spec, register
+from tests.fakedata import write_image_folder
+from vgg.data import SPLITS
 from vgg.data.errors import DatasetError
 from vgg.errors import UserError
 
@@ -62,3 +64,42 @@ def test_a_name_differing_from_a_registered_one_only_in_case_is_refused():
     with pytest.raises(DatasetError, match="'mnist' differs from the registered 'Mnist'"):
         register("mnist", spec, DATASETS["Mnist"].read)
     assert dataset_spec("MNIST") == dataset_spec("Mnist") != spec
+
+
+def docstring_examples(doc: str) -> list[str]:
+    """The indented code blocks of a docstring, dedented (blank lines inside kept)."""
+    blocks, current = [], []
+    for line in doc.splitlines() + ["end"]:
+        if line.startswith("    ") or (current and not line):
+            current.append(line[4:])
+        elif current:
+            blocks.append("\n".join(current).strip())
+            current = []
+    return blocks
+
+
+def test_the_worked_examples_in_dataset_class_register_working_datasets(tmp_path):
+    import dataset_class
+
+    examples = docstring_examples(dataset_class.__doc__)
+    assert [e.split("(")[0] for e in examples] == ["register", "def read_shapes"]
+    write_image_folder(tmp_path / "flowers", ["daisy", "rose"], per_class=3,
+                       splits=("train", "val", "test"))
+    rng = np.random.default_rng(0)
+    (tmp_path / "shapes").mkdir()
+    for split in ("train", "test"):
+        np.savez(tmp_path / "shapes" / f"{split}.npz",
+                 images=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+                 labels=rng.integers(0, 3, 20))
+    try:
+        for example in examples:
+            exec(example, {**vars(dataset_class), "np": np})
+        flowers = build_dataset("flowers", "test", tmp_path, np.asarray)
+        assert flowers.classes == ("daisy", "rose") and len(flowers) == 6
+        assert dataset_spec("Flowers").num_classes == 5
+        shapes = {s: build_dataset("Shapes", s, tmp_path, np.asarray) for s in SPLITS}
+        assert [len(shapes[s]) for s in SPLITS] == [18, 2, 20]
+        assert shapes["test"].classes == ("circle", "square", "triangle")
+    finally:
+        DATASETS.pop("Flowers", None)
+        DATASETS.pop("Shapes", None)
