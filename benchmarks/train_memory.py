@@ -18,15 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from benchmarks.steps import (
-    add_model_arguments,
-    backends,
-    check_image_size,
-    measure,
-    our_backends,
-    our_variant,
-    resolve_device,
-)
+from benchmarks import steps
 from vgg.model import build_vgg
 
 
@@ -193,16 +185,16 @@ def measured_gpu_memory(args, device: torch.device) -> None:
         for checkpointing in (False, True):
             allocated, footprints = {}, {}
             for batch in BATCH_GRID:
-                network, step = our_variant(args.model_version, args.image_size,
-                                            args.num_classes, device, args.seed,
-                                            compile_model=False, precision=precision)
+                network, step = steps.our_variant(args.model_version, args.image_size,
+                                                  args.num_classes, device, args.seed,
+                                                  compile_model=False, precision=precision)
                 network.activation_checkpointing = checkpointing
                 image = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
                 target = torch.randint(0, args.num_classes, (batch,), device=device)
                 try:
-                    with backends(our_backends(device)):
-                        _, allocated[batch] = measure(step, image, target, device, warmup=1,
-                                                      steps=1)
+                    with steps.backends(steps.our_backends(device)):
+                        _, allocated[batch] = steps.measure(step, image, target, device,
+                                                            warmup=1, steps=1)
                     footprints[batch] = torch.cuda.max_memory_reserved(device) + context
                 except torch.OutOfMemoryError:
                     break  # larger batches will not fit either
@@ -227,12 +219,12 @@ def measured_gpu_memory(args, device: torch.device) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_arguments(parser)
+    steps.add_model_arguments(parser)
     args = parser.parse_args(argv)
-    args.device = str(resolve_device(args.device))
+    args.device = str(steps.resolve_device(args.device))
     args.model_version = args.model_version or "D"
     args.image_size = args.image_size or 224
-    check_image_size(parser, args.image_size)
+    steps.check_image_size(parser, args.image_size)
     return args
 
 
