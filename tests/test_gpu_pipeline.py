@@ -14,7 +14,6 @@ from vgg.data.gpu import BatchTrainTransform, Draws, JpegLoader, decode_jpegs
 from vgg.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    Normalize,
     TrainTransform,
     color_shift_offset,
     rescaled_size,

@@ -264,6 +264,18 @@ def decode_jpegs(data: list[torch.Tensor], device: torch.device
     return images, failed
 
 
+def generator_seed(sample_seed: int) -> int:
+    """A seed for a batch's generator from its first sample's seed (ResumableSampler's,
+    (seed, epoch) in the high 32 bits, position in the low). torch's CPU generator keeps
+    only a seed's low 32 bits, so the seed is first mixed (splitmix64's finaliser, a
+    bijection) and cut to 32 bits: else every epoch and every --seed would draw alike."""
+    mask = 2**64 - 1
+    z = (sample_seed + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return (z ^ (z >> 31)) & 0xFFFFFFFF
+
+
 class JpegLoader:
     """Training batches ``(images, labels)`` on ``device`` from image files: each batch's
     files read by ``threads`` host threads (``prefetch`` batches ahead), decoded on the
@@ -298,7 +310,7 @@ class JpegLoader:
                 images, indices = pending[i].result()
                 if i + self.prefetch < len(batches):
                     pending.append(pool.submit(self._decode, batches[i + self.prefetch]))
-                self.generator.manual_seed(batch[0][1])  # the batch's first sample seed
+                self.generator.manual_seed(generator_seed(batch[0][1]))
                 labels = self.labels[indices].to(self.device, non_blocking=True)
                 yield self.transform(images, self.generator), labels
 
