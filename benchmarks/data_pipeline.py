@@ -100,13 +100,13 @@ def images_per_second(load: Callable[[int], torch.Tensor], count: int, repeats: 
     return statistics.median(rates[1:])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--scale", type=int, nargs=2, default=(256, 512), metavar=("SMIN", "SMAX"))
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     scale = tuple(args.scale)
