@@ -23,7 +23,7 @@ from benchmarks.steps import training_flops_per_image
 
 ROOT = Path(__file__).parents[1]
 MODULES = ["train_throughput", "train_memory", "gpu_data", "cifar_speed", "data_pipeline",
-           "evaluate_throughput"]
+           "evaluate_throughput", "distributed_smoke"]
 
 
 def test_the_bound_is_three_times_the_forward_flops():
@@ -103,3 +103,15 @@ def test_data_pipeline_and_evaluation_benchmarks(capsys):
                               "--protocols", "center"])
     output = capsys.readouterr().out
     assert "ours (OpenCV)" in output and "| center |" in output
+
+
+@pytest.mark.slow
+def test_distributed_smoke_under_torchrun_with_two_cpu_processes():
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+         "2", "-m", "benchmarks.distributed_smoke", "--device", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "backend gloo, 2 process(es)" in result.stdout
+    assert "CPU tally all-reduced: [2.0, 1.0]; validation counted 15" in result.stdout
+    assert result.stdout.rstrip().endswith("distributed smoke: OK")
