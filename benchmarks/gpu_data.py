@@ -114,7 +114,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     steps.add_model_arguments(parser)
     parser.add_argument("--batch_size", type=int, help="default: 256 on GPU, 4 on CPU")
-    parser.add_argument("--images", type=int, help="JPEGs generated (GPU 2048, CPU 8)")
+    parser.add_argument("--images", type=int, help="JPEG files per epoch (GPU 2048, CPU 8)")
+    parser.add_argument("--unique", type=int, default=256,
+                        help="distinct JPEGs generated; the epoch's files cycle through them")
     parser.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"),
                         help="one image shape for all (default: ImageNet's typical shapes)")
     parser.add_argument("--scale", type=int, nargs=2, metavar=("SMIN", "SMAX"),
@@ -147,13 +149,15 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as folder:
-        files = write_jpegs(Path(folder), args.images, **IMAGENET_LIKE,
-                            shapes=[tuple(args.shape)] if args.shape else SHAPES)
+        unique = write_jpegs(Path(folder), min(args.unique, args.images), **IMAGENET_LIKE,
+                             shapes=[tuple(args.shape)] if args.shape else SHAPES)
+        files = list(itertools.islice(itertools.cycle(unique), args.images))
         kilobytes = sum(os.path.getsize(f) for f in files) / len(files) / 1e3
         rates = measure_all(args, device, files)
     hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
                 else f"{torch.get_num_threads()} threads")
-    print(f"{args.images} generated JPEGs (mean {kilobytes:.0f} KB), S in {args.scale}, "
+    print(f"{args.images} JPEG files per epoch ({min(args.unique, args.images)} distinct "
+          f"generated ones, mean {kilobytes:.0f} KB), S in {args.scale}, "
           f"{args.image_size}px crops, batch {args.batch_size}, config {args.model_version}, "
           f"{device} ({hardware}), {args.threads} host threads, torch {torch.__version__}, "
           f"torchvision {torchvision.__version__}")
