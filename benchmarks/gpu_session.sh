@@ -82,11 +82,11 @@ step distributed 60 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_
   -m benchmarks.distributed_smoke --device "$DEVICE"
 if [[ -n $PICKLES ]]; then
   RUNS=$(mktemp -d)
-  step distributed 60 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 1 \
+  step distributed 90 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 1 \
     train.py --config configs/cifar10.yaml --data_root "$CARRY/data" --device "$DEVICE" \
     --model_version A --epochs 1 --train_subset 4096 --val_subset 1000 --workers 4 \
     --wandb disabled --out_dir "$RUNS" --run_name nccl
-  step distributed 40 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 1 \
+  step distributed 60 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 1 \
     evaluate.py --checkpoint "$RUNS/nccl/best.pt" --data_root "$CARRY/data" --split val \
     --limit 1000 --device "$DEVICE"
 fi

@@ -115,3 +115,17 @@ def test_distributed_smoke_under_torchrun_with_two_cpu_processes():
     assert "backend gloo, 2 process(es)" in result.stdout
     assert "CPU tally all-reduced: [2.0, 1.0]; validation counted 15" in result.stdout
     assert result.stdout.rstrip().endswith("distributed smoke: OK")
+
+
+@pytest.mark.slow
+def test_the_gpu_session_needs_neither_wandb_nor_albumentations():
+    """A GPU machine may lack both: everything benchmarks/gpu_session.sh runs imports
+    without them (imports of a name set to None in sys.modules fail, as if uninstalled)."""
+    modules = [f"benchmarks.{m}" for m in MODULES] + ["train", "evaluate", "vgg.data.gpu",
+                                                       "vgg.data.resident"]
+    code = ("import sys, importlib\nsys.modules['wandb'] = sys.modules['albumentations'] = None\n"
+            f"for name in {modules!r}:\n    importlib.import_module(name)\nprint('imported')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "imported"
