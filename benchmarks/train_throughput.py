@@ -123,25 +123,27 @@ def throughput(args, device: torch.device) -> None:
     print(f"bound: {flops / 1e9:.2f} GFLOP per training image; MFU against {peak:.4g} "
           f"TFLOP/s ({source}); a large matrix product ran at {args.measured_tflops:.4g} "
           f"TFLOP/s here")
+    # Each row is printed as soon as it is measured (the references first, which the
+    # ratios need), so a variant that never finishes still leaves the rows before it.
+    print(f"{'variant':<22}{'images/s':>10}{'MFU':>8}{'vs ref fp32':>13}{'vs ref amp':>12}"
+          f"{'peak memory':>14}", flush=True)
     results, profiles = {}, {}
     for name, (make, configure) in variants.items():
         with backends(configure):
             _, step = make()
-            results[name] = measure(step, image, target, device, args.warmup, args.steps)
+            speed, peak_bytes = results[name] = measure(step, image, target, device,
+                                                        args.warmup, args.steps)
             if args.profile and name.startswith("ours"):
                 profiles[name] = profile_table(step, image, target, device, args.profile_rows)
         del step
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    fp32 = results["reference fp32"][0]
-    amp = results.get("reference amp (fp16)", (None,))[0]
-    print(f"{'variant':<22}{'images/s':>10}{'MFU':>8}{'vs ref fp32':>13}{'vs ref amp':>12}"
-          f"{'peak memory':>14}")
-    for name, (speed, peak_bytes) in results.items():
+        fp32 = results["reference fp32"][0]
+        amp = results.get("reference amp (fp16)", (None,))[0]
         vs_amp = f"{speed / amp:>11.2f}x" if amp else f"{'-':>12}"
         mfu = speed * flops / (peak * 1e12)
         print(f"{name:<22}{speed:>10.1f}{mfu:>8.1%}{speed / fp32:>12.2f}x{vs_amp}"
-              f"{peak_bytes / 2**30:>10.2f} GiB")
+              f"{peak_bytes / 2**30:>10.2f} GiB", flush=True)
     kind = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak process RSS"
     print(f"(peak memory: {kind} during the timed steps)")
     for name, table in profiles.items():
