@@ -21,7 +21,8 @@ import torch
 import torchvision
 
 from benchmarks import steps
-from dataset_class import dataset_spec, holdout, train_transform
+from vgg.data import dataset_spec, holdout
+from vgg.transforms import train_transform
 from vgg.data.gpu import BatchTrainTransform
 from vgg.data.resident import ResidentLoader
 from vgg.model import build_vgg

@@ -30,7 +30,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from benchmarks.images import write_jpegs
-from dataset_class import ImageFileDataset, ImageSet, dataset_spec, train_transform
+from vgg.data import ImageFileDataset, ImageSet, dataset_spec
+from vgg.transforms import train_transform
 from vgg.transforms import COLOR_SHIFT_STD, IMAGENET_EIGVAL, IMAGENET_EIGVEC
 
 # albumentations is optional (a GPU machine may lack it): its rows are left out without it.
