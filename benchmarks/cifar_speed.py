@@ -22,7 +22,6 @@ import torchvision
 
 from benchmarks import steps
 from vgg.data import dataset_spec, holdout
-from vgg.transforms import train_transform
 from vgg.data.gpu import BatchTrainTransform
 from vgg.data.resident import ResidentLoader
 from vgg.model import build_vgg
@@ -34,6 +33,7 @@ from vgg.training import (
     prepare_model,
     train_step,
 )
+from vgg.transforms import train_transform
 
 
 def read_cifar_zip(path: str) -> tuple[np.ndarray, np.ndarray]:

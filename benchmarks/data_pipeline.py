@@ -31,8 +31,7 @@ from torchvision.transforms import v2
 
 from benchmarks.images import write_jpegs
 from vgg.data import ImageFileDataset, ImageSet, dataset_spec
-from vgg.transforms import train_transform
-from vgg.transforms import COLOR_SHIFT_STD, IMAGENET_EIGVAL, IMAGENET_EIGVEC
+from vgg.transforms import COLOR_SHIFT_STD, IMAGENET_EIGVAL, IMAGENET_EIGVEC, train_transform
 
 # albumentations is optional (a GPU machine may lack it): its rows are left out without it.
 HAVE_ALBUMENTATIONS = importlib.util.find_spec("albumentations") is not None

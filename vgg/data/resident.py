@@ -4,8 +4,9 @@ workers, no host-to-device copies after the first.
 
 The order is the trainer's ResumableSampler's (a permutation per epoch from (seed, epoch)
 alone, dealt round-robin to the processes), and each batch's draws come from a device
-generator seeded by the batch's first sample seed (vgg.data.gpu.generator_seed), so a run resumed at (epoch, position)
-sees exactly the batches, and augmentations, of an uninterrupted one.
+generator seeded by the batch's first sample seed (vgg.data.gpu.generator_seed), so a run
+resumed at (epoch, position) sees exactly the batches, and augmentations, of an
+uninterrupted one.
 """
 
 from __future__ import annotations
