@@ -159,9 +159,21 @@ def build_data(cfg: EvalConfig, first: Network, name: str, root: str, scales: li
                                           antialias=first.antialias) for q in scales])
     # The run's own held-out split: its val_fraction passed through as recorded (None: the
     # dataset's own choice, ImageNet's official validation set).
-    dataset = dataset_class.build_dataset(
-        name, cfg.split, root, transform, on_corrupt=cfg.on_corrupt,
-        val_fraction=first.config.get("val_fraction", 0.1))
+    try:
+        dataset = dataset_class.build_dataset(
+            name, cfg.split, root, transform, on_corrupt=cfg.on_corrupt,
+            val_fraction=first.config.get("val_fraction", 0.1))
+    except FileNotFoundError as error:
+        if cfg.split != "test":
+            raise
+        raise EvaluationError(
+            f"{name} at {root} has no test split ({error}). Without test images, --split val "
+            "evaluates the validation images, but they chose the best checkpoint, so their "
+            "error is optimistic; for an honest number put unseen images in test/<class>/"
+        ) from None
+    if cfg.split == "val" and first.config:
+        print(f"note: the {cfg.split} images chose {Path(first.source).name} (best by validation "
+              "error): their error is optimistic, the test split's is the honest one")
     if len(dataset) == 0:
         raise EvaluationError(f"the {cfg.split} split of {name} at {root} holds no images")
     classes = getattr(dataset, "classes", None)

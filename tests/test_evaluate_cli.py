@@ -424,3 +424,18 @@ def test_checkpoint_preprocessing_evaluates_moved_data_without_measuring(tmp_pat
     assert run_cli("--checkpoint", tmp_path / "other.pt", "--data_root", root,
                    "--workers", 0) == 2
     assert "by position, not by name" in capsys.readouterr().err
+
+
+def test_a_folder_without_test_images_offers_the_val_split(tmp_path, capsys):
+    # Issue 14: train/ + val/ and no test/ ended in a raw "[Errno 2] ... '<root>/test'".
+    root = image_folder(tmp_path / "photos", per_class=2, splits=("train", "val"))
+    save_tiny_checkpoint(tmp_path / "net.pt", num_classes=3, in_channels=3,
+                         dataset="ImageFolder", train_scale=(32, 32),
+                         preprocessing={"mean": [0.5] * 3, "std": [0.25] * 3})
+    common = ["--checkpoint", tmp_path / "net.pt", "--data_root", root, "--workers", 0,
+              "--progress", "false"]
+    assert run_cli(*common) == 2
+    err = capsys.readouterr().err
+    assert "has no test split" in err and "--split val" in err and "optimistic" in err
+    assert run_cli(*common, "--split", "val") == 0
+    assert "their error is optimistic" in capsys.readouterr().out
