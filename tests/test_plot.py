@@ -16,8 +16,9 @@ from vgg.plot import (
 )
 from vgg.training import MetricsLog
 
-# Four epochs of a plateau schedule that divides the lr by 10 after epoch 2.
-EPOCH_LRS = [0.01, 0.001, 0.001, 0.001]
+# Four epochs of a plateau schedule that divides the lr by 10 after epoch 2: the lr each
+# epoch trained with.
+EPOCH_LRS = [0.01, 0.01, 0.001, 0.001]
 
 
 def write_run(run_dir, fmt="jsonl", shift=0.0):
@@ -27,7 +28,7 @@ def write_run(run_dir, fmt="jsonl", shift=0.0):
     log = MetricsLog(run_dir / f"metrics.{fmt}", fmt)
     for epoch, lr in enumerate(EPOCH_LRS, start=1):
         log.write({"kind": "train", "epoch": epoch, "step": 10 * epoch - 5, "loss": 2.0,
-                   "top1_err": 0.5, "lr": 0.01, "images_per_s": 100.0, "time": 0.0})
+                   "top1_err": 0.5, "lr": lr, "images_per_s": 100.0, "time": 0.0})
         log.write({"kind": "epoch", "epoch": epoch, "step": 10 * epoch,
                    "loss": 2.0 / epoch + shift, "top1_err": 0.8 / epoch, "top5_err": 0.4 / epoch,
                    "lr": lr, "val_loss": 2.2 / epoch + shift, "val_top1_err": 0.9 / epoch,
@@ -59,7 +60,8 @@ BLUE, ORANGE = "#1f77b4", "#ff7f0e"  # matplotlib's first two cycle colours, C0 
 
 def test_lr_drops_are_divisions_not_small_decreases():
     epochs = np.array([1, 2, 3, 4, 5])
-    assert lr_drops(epochs, np.array([0.01, 0.001, 0.001, 0.0001, 0.0001])) == [2.0, 4.0]
+    # divided after epochs 1 and 3: epochs 2 and 4 trained with a tenth of the lr before
+    assert lr_drops(epochs, np.array([0.01, 0.001, 0.001, 0.0001, 0.0001])) == [1.0, 3.0]
     assert lr_drops(epochs, np.array([0.01, 0.009, 0.007, 0.005, 0.004])) == []  # cosine-like
     assert lr_drops(epochs, np.array([0.001, 0.01, 0.01, 0.01, 0.01])) == []  # warm-up
 
@@ -75,6 +77,10 @@ def test_one_run_draws_seven_curves_and_marks_the_lr_drop(tmp_path):
                 if line.get_label() == "run validation"][0]
     np.testing.assert_allclose(val_top1.get_ydata(), [0.9 / e for e in range(1, 5)])
     assert figure.axes[3].get_yscale() == "log"
+    lr = [line for line in lines if line.get_label() == "run lr"][0]
+    # each epoch's lr spans (e - 1, e]: drawn from epoch 0
+    assert list(lr.get_xdata()) == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(lr.get_ydata(), [0.01, 0.01, 0.01, 0.001, 0.001])
     markers = drop_markers(figure)
     assert len(markers) == 4 and all(list(m.get_xdata()) == [2.0, 2.0] for m in markers)
 
@@ -102,6 +108,23 @@ def test_comparison_draws_each_run_in_its_own_colour(tmp_path):
     pixels = read_png(out)
     assert pixels.shape == (750, 1100, 3)
     assert colour_pixels(pixels, BLUE) > 200 and colour_pixels(pixels, ORANGE) > 200
+
+
+def test_the_lr_an_epoch_trained_with_comes_from_its_interval_rows(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    log = MetricsLog(run / "metrics.jsonl")
+    # The epoch rows here record the lr set for the next epoch (0.001 after epoch 2); the
+    # interval rows, the lr the steps were taken with. Epoch 3 logged no interval.
+    for epoch, (trained, next_lr) in enumerate([(0.01, 0.01), (0.01, 0.001),
+                                                (None, 0.001)], start=1):
+        if trained is not None:
+            log.write({"kind": "train", "epoch": epoch, "step": epoch, "lr": trained})
+        log.write({"kind": "epoch", "epoch": epoch, "step": epoch, "loss": 1.0, "lr": next_lr})
+    figure = plot_curves([run], tmp_path / "curves.png")
+    lr = [line for line in curves(figure) if line.get_label() == "run lr"][0]
+    np.testing.assert_allclose(lr.get_ydata(), [0.01, 0.01, 0.01, 0.001])
+    assert {tuple(m.get_xdata()) for m in drop_markers(figure)} == {(2.0, 2.0)}
 
 
 def test_run_curves_are_rewritten_atomically_at_each_epoch(tmp_path):

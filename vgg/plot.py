@@ -59,15 +59,22 @@ def metrics_file(run: str | Path) -> Path:
 def epoch_series(run: str | Path) -> dict[str, np.ndarray]:
     """The per-epoch rows of a run as float arrays, one per metrics field, keyed also by
     ``epoch``; a value the row lacks is NaN. A resumed run's repeated epoch keeps its last
-    row."""
-    rows = {int(row["epoch"]): row for row in MetricsLog.read(metrics_file(run))
-            if row.get("kind") == "epoch"}
-    if not rows:
+    row. ``lr`` is the learning rate the epoch trained with: that of its last interval row
+    (the lr of the steps just taken), the epoch row's where the epoch logged no interval."""
+    rows = MetricsLog.read(metrics_file(run))
+    epoch_rows = {int(row["epoch"]): row for row in rows if row.get("kind") == "epoch"}
+    if not epoch_rows:
         raise PlotError(f"{metrics_file(run)} has no finished epoch yet: curves start at the "
                         "end of the first epoch")
-    epochs = sorted(rows)
-    fields = {"epoch", "lr"} | {field for _, *pair in CURVE_PANELS for field in pair}
-    return {field: np.array([_number(rows[e].get(field)) for e in epochs]) for field in fields}
+    trained_lr = {int(row["epoch"]): row["lr"] for row in rows
+                  if row.get("kind") == "train" and row.get("lr") not in (None, "")}
+    epochs = sorted(epoch_rows)
+    fields = {"epoch"} | {field for _, *pair in CURVE_PANELS for field in pair}
+    series = {field: np.array([_number(epoch_rows[e].get(field)) for e in epochs])
+              for field in fields}
+    series["lr"] = np.array([_number(trained_lr.get(e, epoch_rows[e].get("lr")))
+                             for e in epochs])
+    return series
 
 
 def _number(value: Any) -> float:
@@ -75,10 +82,9 @@ def _number(value: Any) -> float:
 
 
 def lr_drops(epochs: np.ndarray, lrs: np.ndarray) -> list[float]:
-    """Epochs after which the lr was divided (by ``DROP_FACTOR`` or more). The lr of an
-    epoch row is the one set for the next epoch, so a drop shows at the epoch that
-    triggered it."""
-    return [float(e) for e, before, after in zip(epochs[1:], lrs[:-1], lrs[1:], strict=True)
+    """The ends of the epochs after which the lr was divided (by ``DROP_FACTOR`` or more),
+    from the lr each epoch trained with."""
+    return [float(e) for e, before, after in zip(epochs[:-1], lrs[:-1], lrs[1:], strict=True)
             if after * DROP_FACTOR <= before]
 
 
@@ -110,15 +116,16 @@ def curves_figure(runs: Sequence[str | Path]):
             ax.plot(epochs, data[train_field], "o-", color=colour, ms=3, label=f"{name} train")
             ax.plot(epochs, data[val_field], "s--", color=colour, ms=3,
                     label=f"{name} validation")
-        axes[3].plot(epochs, data["lr"], "o-", color=colour, ms=3, drawstyle="steps-post",
-                     label=f"{name} lr")
+        # epoch e trained over (e - 1, e]: a step from the epoch's start to its end
+        axes[3].plot(np.r_[epochs[0] - 1, epochs], np.r_[data["lr"][:1], data["lr"]],
+                     color=colour, drawstyle="steps-pre", label=f"{name} lr")
         for drop in lr_drops(epochs, data["lr"]):
             for ax in axes:
                 ax.axvline(drop, color=colour, linestyle=":", linewidth=1, label="_lr drop")
     for ax, (title, *_) in zip(axes, CURVE_PANELS, strict=False):
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[3].set_title("learning rate (set after each epoch; dotted: lr divided)")
+    axes[3].set_title("learning rate of each epoch (dotted: lr divided)")
     axes[3].set_yscale("log")
     axes[3].grid(alpha=0.3, which="both")
     for ax in axes[2:]:
