@@ -162,7 +162,7 @@ def build_data(cfg: EvalConfig, first: Network, name: str, root: str, scales: li
     try:
         dataset = dataset_class.build_dataset(
             name, cfg.split, root, transform, on_corrupt=cfg.on_corrupt,
-            val_fraction=first.config.get("val_fraction", 0.1))
+            val_fraction=first.config.get("val_fraction", 0.1), classes=first.classes)
     except FileNotFoundError as error:
         if cfg.split != "test":
             raise
@@ -176,12 +176,7 @@ def build_data(cfg: EvalConfig, first: Network, name: str, root: str, scales: li
               "error): their error is optimistic, the test split's is the honest one")
     if len(dataset) == 0:
         raise EvaluationError(f"the {cfg.split} split of {name} at {root} holds no images")
-    classes = getattr(dataset, "classes", None)
-    if first.classes and classes and tuple(classes) != first.classes:
-        raise EvaluationError(
-            f"{first.source} was trained on the classes {list(first.classes)} but the "
-            f"{cfg.split} split of {root} has {list(classes)}: labels would be compared by "
-            "position, not by name")
+    classes = getattr(dataset, "classes", None)  # the network's own, when it records them
     indices = sample_indices(len(dataset), cfg.limit, cfg.seed)
     if len(indices) == len(dataset):
         return dataset, classes, None

@@ -62,3 +62,23 @@ def test_image_folder_statistics_come_from_the_training_part_never_the_held_out_
         assert spec.num_classes == 2
         np.testing.assert_allclose(spec.mean, pixels.mean(0), atol=1e-4)
         np.testing.assert_allclose(spec.std, pixels.std(0), atol=1e-4)
+
+
+def test_images_are_labelled_by_the_networks_class_names_when_given(tmp_path):
+    """Evaluating a trained network on a moved folder: labels follow the checkpoint's class
+    list by name, whatever folders the split holds, and a class it lacks is an error."""
+    import pytest
+
+    from vgg.data import DatasetError
+
+    root = tmp_path / "photos"
+    write_image_folder(root, ["a", "c"], per_class=2, size=(32, 32), splits=("train", "test"))
+    test = build_dataset("ImageFolder", "test", root, lambda image: image,
+                         classes=("a", "b", "c"))
+    assert test.classes == ("a", "b", "c")
+    by_folder = {f.split("/")[-2] for f in test.files}
+    assert by_folder == {"a", "c"}
+    assert [int(label) for label in test.labels] == [
+        "abc".index(f.split("/")[-2]) for f in test.files]
+    with pytest.raises(DatasetError, match="c that the network was not trained on"):
+        build_dataset("ImageFolder", "test", root, lambda image: image, classes=("a", "b"))

@@ -4,7 +4,7 @@ unreadable files skipped or reported), and build_dataset, which makes the right 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -74,19 +74,21 @@ class ImageFileDataset(Dataset):
 def build_dataset(name: str, split: str, root: str | os.PathLike,
                   transform: Callable[[np.ndarray], torch.Tensor], *,
                   val_fraction: float | None = None, seed: int = 0, download: bool = False,
-                  on_corrupt: str = "skip") -> ArrayDataset | ImageFileDataset:
+                  on_corrupt: str = "skip", classes: Sequence[str] | None = None
+                  ) -> ArrayDataset | ImageFileDataset:
     """Split "train", "val" or "test" of a registered dataset under `root`, items
     (transform(image), label). `val_fraction` None takes the dataset's own validation split
     where it has one (ImageNet's official one, an ImageFolder's val/) and holds a seeded 10%
     of the training images out as "val" otherwise; a number holds that share out whatever
     the dataset has (vgg.data.splits). The held-out split is fixed by `seed` (train.py and
     evaluate.py keep the default, so a run's --seed never moves it). Unreadable image files
-    are skipped and counted (on_corrupt="skip") or raise ("error")."""
+    are skipped and counted (on_corrupt="skip") or raise ("error"). `classes` labels the
+    images by name as indices into a trained network's class list."""
     if on_corrupt not in ON_CORRUPT:
         raise DatasetError(f"--on_corrupt must be one of {', '.join(ON_CORRUPT)}, got "
                            f"{on_corrupt!r}")
     images = split_images(name, split, root, val_fraction=val_fraction, seed=seed,
-                          download=download)
+                          download=download, classes=classes)
     if isinstance(images.images, np.ndarray):
         return ArrayDataset(images, transform)
     return ImageFileDataset(images, transform, on_corrupt)

@@ -113,7 +113,10 @@ def image_folder_reader(subfolder: str = "") -> Reader:
             if part == "val":
                 return None
             raise _no_test_split(folder, has_train=True)
-        return class_folders(folder / part, class_names(folder / "train"))
+        # Labelled by train/'s classes; when train/ has moved away (evaluating a trained
+        # network elsewhere), by the split's own folders, relabelled by the caller.
+        return class_folders(folder / part,
+                             class_names(folder / "train") or class_names(folder / part))
 
     return read
 

@@ -3,9 +3,12 @@ held-out split that turns a training set into training and validation parts."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from vgg.data.errors import DatasetError
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,18 @@ class ImageSet:
         images = (self.images[indices] if isinstance(self.images, np.ndarray)
                   else [self.images[i] for i in indices])
         return ImageSet(images, self.labels[indices], self.classes)
+
+    def relabelled(self, classes: Sequence[str]) -> ImageSet:
+        """The same images labelled by name as indices into ``classes`` (a trained network's
+        class list); a class of these images that ``classes`` lacks is an error naming it."""
+        unknown = sorted(set(self.classes) - set(classes))
+        if unknown:
+            raise DatasetError(f"these images hold class(es) {', '.join(unknown)} that the "
+                               f"network was not trained on (its classes: "
+                               f"{', '.join(classes)}): remove them, or train on them too")
+        index = {name: label for label, name in enumerate(classes)}
+        mapping = np.array([index[name] for name in self.classes], dtype=np.int64)
+        return ImageSet(self.images, mapping[self.labels], tuple(classes))
 
 
 def holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ training images out as "val". A number holds that share of the training images o
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,10 +25,17 @@ DEFAULT_VAL_FRACTION = 0.1  # the share held out where a dataset has no validati
 
 def split_images(name: str, split: str, root: str | os.PathLike, *,
                  val_fraction: float | None = None, seed: int = 0,
-                 download: bool = False) -> ImageSet:
+                 download: bool = False, classes: Sequence[str] | None = None) -> ImageSet:
     """The images and labels of `split` of the registered dataset `name` under `root` (see
     the module docstring for `val_fraction`). A held-out "val" and the "train" it leaves are
-    disjoint and fixed by (val_fraction, seed)."""
+    disjoint and fixed by (val_fraction, seed). With `classes` (a trained network's, from
+    its checkpoint) the images are labelled by class name as indices into them."""
+    images = _split_images(name, split, root, val_fraction, seed, download)
+    return images if classes is None else images.relabelled(classes)
+
+
+def _split_images(name: str, split: str, root: str | os.PathLike,
+                  val_fraction: float | None, seed: int, download: bool) -> ImageSet:
     if split not in SPLITS:
         raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
     if val_fraction is not None and not 0 < val_fraction < 1:
