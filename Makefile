@@ -3,7 +3,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: quickstart test test-fast
+.PHONY: quickstart test test-fast notebooks
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -21,3 +21,7 @@ test: $(VENV)/.installed
 # Skips the real-data, multi-process and full-size torchvision tests.
 test-fast: $(VENV)/.installed
 	WANDB_MODE=disabled $(PYTHON) -m pytest -q -m "not slow"
+
+# Re-executes every notebook in place through a Jupyter kernel: the outputs committed with them.
+notebooks: $(VENV)/.installed
+	WANDB_MODE=disabled $(VENV)/bin/jupyter execute --inplace --timeout=600 notebooks/*.ipynb

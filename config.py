@@ -1,22 +1,32 @@
-"""Every training default, as plain typed values. Edit them here, override them with
-``--config configs/<preset>.yaml`` and then with ``--key value`` flags (see vgg/configuration.py).
-Defaults follow the paper (Sec. 3.1): ImageNet, SGD momentum 0.9, weight decay 5e-4,
-batch 256, lr 1e-2 divided by 10 on a validation plateau at most 3 times, 74 epochs."""
+"""Every default of the two tools, as plain typed values: ``Config`` for train.py,
+``EvalConfig`` for evaluate.py. Edit them here, override them with ``--config <file>.yaml``
+and then with ``--key value`` flags (see vgg/configuration.py).
+Training defaults follow the paper (Sec. 3.1): ImageNet, SGD momentum 0.9, weight decay 5e-4,
+batch 256, lr 1e-2 divided by 10 on a validation plateau at most 3 times, 74 epochs.
+Evaluation defaults follow Sec. 3.2: dense evaluation at the single test scale, in fp32."""
 
 from __future__ import annotations
 
 import math
-import re
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vgg.configuration import ConfigError
+from vgg.evaluation import PROTOCOLS
 from vgg.model import INITS, VERSIONS
+from vgg.precision import PRECISIONS
 
 
 def _datasets() -> tuple[str, ...]:
     import dataset_class
     return tuple(dataset_class.DATASETS)
+
+
+def check_device(device: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (both tools take the same spellings)."""
+    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise ConfigError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
 
 
 def choice(default, choices):
@@ -119,9 +129,7 @@ class Config:
         if self.init_from is not None and self.init == "from_A":
             raise ConfigError("init_from loads all weights; it cannot be combined with "
                               "init=from_A")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N (N a GPU "
-                              f"number), got {self.device!r}")
+        check_device(self.device)
         if self.run_name is not None and (Path(self.run_name).name != self.run_name
                                           or self.run_name in ("", ".", "..")):
             raise ConfigError(f"--run_name {self.run_name!r} must be a plain directory name "
@@ -164,3 +172,60 @@ class Config:
                self.max_lr_drops, self.plateau_patience, self.workers) < 0:
             raise ConfigError("warmup_epochs, keep_last_k, checkpoint_interval, max_lr_drops, "
                               "plateau_patience and workers must not be negative")
+
+
+@dataclass
+class EvalConfig:
+    # --- what to evaluate ---
+    checkpoint: list[str] | None = None  # train.py checkpoint(s), several = ensemble; None = newest
+    torchvision_weights: str | None = None  # a torchvision VGG state dict file (.pth)
+    model_version: str | None = choice(None, VERSIONS)  # of --torchvision_weights; None = inferred
+    batch_norm: bool | None = None  # --torchvision_weights has BN; None = inferred
+    train_scale: list[int] | None = None  # S or Smin,Smax where the weights do not record it
+    # --- data ---
+    dataset: str | None = choice(None, _datasets)  # None = the checkpoint's (torchvision: ImageNet)
+    data_root: str | None = None  # dataset root; None = the checkpoint's, or data
+    split: str = choice("test", ("test", "val", "train"))  # the split to evaluate
+    limit: int | None = None  # evaluate a seeded random sample of this many images
+    seed: int = 0  # seed of the --limit sample
+    on_corrupt: str = choice("error", ("error", "skip"))  # undecodable image: stop, or use the next
+    # --- protocol ---
+    protocol: str = choice("dense", PROTOCOLS)  # Sec. 3.2's test protocol
+    scale: list[int | str] | None = None  # test scales Q, or single / multi; None = single
+    flip: bool | None = None  # also evaluate mirror images; None = as the dataset trains
+    # --- execution ---
+    batch_size: int = 64  # network inputs (image_size crops) per forward pass
+    workers: int = min(4, os.cpu_count() or 1)  # data-loading processes (0 = in-process)
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
+    precision: str = choice("fp32", PRECISIONS)  # fp32, as the paper's numbers were
+    out: str | None = None  # results JSON; None = eval_<...>.json beside the checkpoint
+    progress: bool = True  # tqdm progress bar
+
+    def validate(self) -> None:
+        """Checks of single values and between fields (types and choices are checked
+        generically)."""
+        if self.checkpoint is not None and self.torchvision_weights is not None:
+            raise ConfigError("give --checkpoint PATH [PATH ...] (written by train.py) or "
+                              "--torchvision_weights PATH, not both")
+        if self.checkpoint is not None and not self.checkpoint:
+            raise ConfigError("--checkpoint needs at least one path")
+        if self.checkpoint and (self.model_version is not None or self.batch_norm is not None):
+            raise ConfigError("--model_version and --batch_norm describe --torchvision_weights; "
+                              "a checkpoint records its own")
+        if self.train_scale is not None and (
+                len(self.train_scale) not in (1, 2) or self.train_scale[0] > self.train_scale[-1]
+                or self.train_scale[0] <= 0):
+            raise ConfigError(f"--train_scale {','.join(map(str, self.train_scale))}: expected "
+                              "S or Smin,Smax (positive, Smin <= Smax)")
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"--limit {self.limit}: expected a positive number of images "
+                              "(leave it out to evaluate the whole split)")
+        if self.batch_size <= 0:
+            raise ConfigError(f"--batch_size {self.batch_size}: expected a positive number")
+        if not 0 <= self.workers <= 256:
+            raise ConfigError(f"--workers {self.workers}: expected 0 (load in this process) "
+                              "to 256 data-loading processes")
+        check_device(self.device)
+        if self.out is not None and Path(self.out).is_dir():
+            raise ConfigError(f"--out {self.out} is a directory; give a file name for the "
+                              f"results JSON, e.g. --out {Path(self.out) / 'results.json'}")

@@ -8,101 +8,65 @@
         --data_root data/imagenet --protocol center --scale 256          # torchvision protocol
     torchrun --nproc_per_node 4 evaluate.py --checkpoint runs/D/best.pt  # distributed
 
+Every option is a field of ``config.EvalConfig``, set from a YAML file (``--config``) and then
+by ``--key value`` flags, spelled as train.py's: ``--flip false``, ``--progress false``,
+``--train_scale 256,512``, lists space- or comma-separated (``--scale 256 384``);
+``--print_config`` shows the result, and the results JSON records it.
+
 Protocols: ``center`` (centre crop), ``dense`` (fully-convolutional on the whole image +
 its flip), ``multicrop`` (5x5 grid x flip = 50 crops per scale), ``dense+multicrop``.
 ``--scale`` takes integers Q and the shorthands ``single`` (Q = S for a fixed training
-scale, (Smin + Smax) / 2 for a jittered one) and ``multi`` ({S-32, S, S+32} or
-{Smin, (Smin+Smax)/2, Smax}), read from the checkpoint's config. Softmax posteriors are
-averaged over flips, crops, scales and networks.
+scale, (Smin + Smax) / 2 for a jittered one) and ``multi`` ({S-32, S, S+32}, the step in
+proportion for networks smaller than 224, or {Smin, (Smin+Smax)/2, Smax}), read from the
+checkpoint. Posteriors are averaged over flips, crops, scales and networks, in fp32 unless
+``--precision bf16`` asks otherwise.
 
 Writes results as JSON (``--out``; by default ``eval_<checkpoint>_<split>_<protocol>_<Q>.json``
-beside the first checkpoint) and the confusion matrix as CSV beside it, and prints a table
-laid out like the paper's. Bad input exits with status 2 and a one-paragraph message.
+beside the first checkpoint, ensembles and ``--limit`` samples under their own names) and the
+confusion matrix as CSV beside it, and prints a table laid out like the paper's. Bad input
+exits with status 2 and a one-paragraph message.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import dataset_class
-from vgg import distributed
-from vgg.errors import UserError
+from config import EvalConfig
+from vgg import configuration, distributed
+from vgg.errors import run_cli
 from vgg.evaluation import (
     PAPER_METHOD,
-    PROTOCOLS,
     EvaluationError,
     Evaluator,
     MultiScale,
-    check_ensemble,
+    Tally,
     collate_samples,
+    parse_train_scale,
+    reported_topk,
+    resolve_scales,
+    run_protocol,
+    sample_indices,
+    scale_step,
+    scale_warning,
+)
+from vgg.networks import Network, check_ensemble, network_from_checkpoint, network_from_torchvision
+from vgg.report import (
+    accuracy_lines,
+    check_writable,
+    confusion_path,
     default_output,
     describe_networks,
-    evaluate,
-    network_from_checkpoint,
-    network_from_torchvision,
     paper_table,
-    parse_train_scale,
-    resolve_scales,
     write_confusion_csv,
+    write_results,
 )
-from vgg.model import VERSIONS
-from vgg.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog="See the module docstring for examples.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    what = parser.add_argument_group("what to evaluate (one of)")
-    what.add_argument("--checkpoint", nargs="+", metavar="PATH",
-                      help="checkpoint(s) written by train.py; several form an ensemble")
-    what.add_argument("--torchvision_weights", metavar="PATH",
-                      help="a torchvision VGG state dict (.pth, local file), e.g. "
-                           "vgg16-397923af.pth; normalised with ImageNet's mean/std")
-    what.add_argument("--model_version", choices=VERSIONS,
-                      help="config of --torchvision_weights (inferred from its keys if omitted)")
-    what.add_argument("--batch_norm", action=argparse.BooleanOptionalAction, default=None,
-                      help="--torchvision_weights has BN (inferred if omitted)")
-    what.add_argument("--train_scale", type=int, nargs="+", metavar="S",
-                      help="training scale S or Smin Smax, for --scale single/multi when the "
-                           "weights do not record it (torchvision's)")
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", help="dataset name (default: the checkpoint's; ImageNet for "
-                                        "torchvision weights)")
-    data.add_argument("--data_root", help="dataset root (default: the checkpoint's, or data)")
-    data.add_argument("--split", default="test", choices=("test", "val", "train"))
-    data.add_argument("--limit", type=int, help="evaluate only the first N samples")
-    data.add_argument("--on_corrupt", default="error", choices=("error", "skip"),
-                      help="an undecodable image file stops the evaluation, or is replaced by "
-                           "the next readable one (then one image counts twice)")
-    proto = parser.add_argument_group("protocol")
-    proto.add_argument("--protocol", default="dense", choices=PROTOCOLS)
-    proto.add_argument("--scale", "--scales", dest="scale", nargs="+", metavar="Q",
-                       help="test scale(s) Q, or 'single' / 'multi' for the paper's sets "
-                            "(default: single for our checkpoints, 256 for torchvision weights)")
-    proto.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                       help="also evaluate horizontal flips (dense, multicrop); default: "
-                            "yes, unless the dataset is not flipped in training (digits)")
-    run = parser.add_argument_group("execution")
-    run.add_argument("--batch_size", type=int, default=64,
-                     help="network inputs (crops of the network's image size) per forward pass; "
-                          "dense evaluation uses the same pixel budget")
-    run.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    run.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                     help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    run.add_argument("--out", type=Path, help="results JSON (the confusion matrix goes beside "
-                                              "it as <name>_confusion.csv)")
-    run.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
-    return parser
+from vgg.transforms import EvalTransform
 
 
 def newest_run_checkpoint(runs: Path = Path("runs")) -> Path:
@@ -117,26 +81,156 @@ def newest_run_checkpoint(runs: Path = Path("runs")) -> Path:
     return found[-1]
 
 
-def load_networks(args: argparse.Namespace, parser: argparse.ArgumentParser):
-    if args.checkpoint and args.torchvision_weights:
-        parser.error("give --checkpoint PATH [PATH ...] (written by train.py) or "
-                     "--torchvision_weights PATH, not both")
-    if not args.checkpoint and not args.torchvision_weights:
-        args.checkpoint = [newest_run_checkpoint()]
-    if args.checkpoint:
-        if args.model_version or args.batch_norm is not None:
-            parser.error("--model_version/--batch_norm describe --torchvision_weights; a "
-                         "checkpoint records its own")
-        networks = [network_from_checkpoint(path) for path in args.checkpoint]
+def load_networks(cfg: EvalConfig) -> list[Network]:
+    if cfg.torchvision_weights:
+        networks = [network_from_torchvision(cfg.torchvision_weights, cfg.model_version,
+                                             cfg.batch_norm)]
     else:
-        networks = [network_from_torchvision(args.torchvision_weights, args.model_version,
-                                             args.batch_norm)]
-    if args.train_scale:
-        train_scale = parse_train_scale(args.train_scale)
+        networks = [network_from_checkpoint(path)
+                    for path in cfg.checkpoint or [newest_run_checkpoint()]]
+    if cfg.train_scale:
         for network in networks:
-            network.train_scale = train_scale
-    check_ensemble(networks)
+            network.train_scale = parse_train_scale(cfg.train_scale)
     return networks
+
+
+def dataset_name(cfg: EvalConfig, first: Network) -> str:
+    """The dataset to evaluate on, spelled as registered (names are case-insensitive)."""
+    name = cfg.dataset or first.dataset or ("ImageNet" if cfg.torchvision_weights else None)
+    if name is None:
+        raise EvaluationError(f"{first.source} records no dataset: pass --dataset")
+    known = {key.lower(): key for key in dataset_class.DATASETS}
+    if name.lower() not in known:
+        raise EvaluationError(f"unknown dataset {name!r}; choose one of "
+                              f"{', '.join(dataset_class.DATASETS)}")
+    return known[name.lower()]
+
+
+def prepare_networks(networks: list[Network], name: str, root: str) -> bool:
+    """Completes what older checkpoints do not record from the dataset spec (statistics,
+    training scale), checks the networks against the data and each other, and returns
+    whether the dataset is mirrored in training (the default of ``--flip``). A checkpoint
+    that records its preprocessing never has statistics re-measured, so its training data
+    may have moved."""
+    described = all(n.mean is not None for n in networks)
+    try:
+        spec = dataset_class.dataset_spec(name)  # a spec of fixed numbers: no file access
+    except ValueError:  # a dataset measured from its files (ImageFolder), only if needed
+        spec = None if described else dataset_class.dataset_spec(name, root)
+    for network in networks:
+        if network.mean is None:
+            network.mean, network.std = spec.mean, spec.std
+        if network.train_scale is None and spec is not None and network.config:
+            network.train_scale = spec.train_scale_at(network.image_size)
+    check_ensemble(networks)
+    first = networks[0]
+    if spec is not None:
+        for what, wanted, have in (("classes", spec.num_classes, first.num_classes),
+                                   ("input channels", spec.in_channels, first.in_channels)):
+            if wanted is not None and wanted != have:
+                raise EvaluationError(
+                    f"{first.source} has {have} {what} but {name} has {wanted}: it was "
+                    "trained on other data (pass --dataset to evaluate it on the data it knows)")
+    return spec.hflip if spec is not None else True
+
+
+def choose_scales(cfg: EvalConfig, first: Network, image_size: int) -> list[int]:
+    """The test scales Q, printed with how they were derived; a warning first when they
+    make no sense for the network."""
+    tokens = cfg.scale or (["single"] if first.train_scale is not None else [256])
+    scales = resolve_scales(tokens, first.train_scale, image_size)
+    note = ""
+    if "multi" in tokens and first.train_scale and first.train_scale[0] == first.train_scale[1]:
+        step = scale_step(image_size)
+        note = (f" (--scale multi: S-{step}, S, S+{step} for S={first.train_scale[0]}"
+                + ("" if step == 32 else f"; the paper's +-32 at 224, in proportion to "
+                                         f"{image_size}") + ")")
+    print(f"test scales Q: {','.join(map(str, scales))}{note}")
+    warning = scale_warning(scales, first.train_scale, image_size)
+    if warning:
+        print(warning, file=sys.stderr)
+    return scales
+
+
+def build_data(cfg: EvalConfig, first: Network, name: str, root: str, scales: list[int]):
+    """The split's images at every test scale, normalised as ``first`` was trained; with
+    ``--limit`` a seeded random sample. Returns (dataset, class names, sample record)."""
+    transform = MultiScale([EvalTransform(q, None, first.mean, first.std,
+                                          antialias=first.antialias) for q in scales])
+    # The run's own held-out split: its val_fraction passed through as recorded (None: the
+    # dataset's own choice, ImageNet's official validation set).
+    try:
+        dataset = dataset_class.build_dataset(
+            name, cfg.split, root, transform, on_corrupt=cfg.on_corrupt,
+            val_fraction=first.config.get("val_fraction", 0.1), classes=first.classes)
+    except FileNotFoundError as error:
+        if cfg.split != "test":
+            raise
+        raise EvaluationError(
+            f"{name} at {root} has no test split ({error}). Without test images, --split val "
+            "evaluates the validation images, but they chose the best checkpoint, so their "
+            "error is optimistic; for an honest number put unseen images in test/<class>/"
+        ) from None
+    if cfg.split == "val" and first.config:
+        print(f"note: the {cfg.split} images chose {Path(first.source).name} (best by validation "
+              "error): their error is optimistic, the test split's is the honest one")
+    if len(dataset) == 0:
+        raise EvaluationError(f"the {cfg.split} split of {name} at {root} holds no images")
+    classes = getattr(dataset, "classes", None)  # the network's own, when it records them
+    indices = sample_indices(len(dataset), cfg.limit, cfg.seed)
+    if len(indices) == len(dataset):
+        return dataset, classes, None
+    print(f"evaluating a random sample of {len(indices)} of the {len(dataset)} {cfg.split} "
+          f"images (--limit {cfg.limit}, --seed {cfg.seed}): the error of a sample, not of "
+          "the whole split")
+    sample = {"images": len(indices), "of": len(dataset), "seed": cfg.seed}
+    return torch.utils.data.Subset(dataset, indices), classes, sample
+
+
+def score(cfg: EvalConfig, networks: list[Network], dataset, scales: list[int], flip: bool,
+          device: torch.device, world_size: int) -> tuple[Tally, Evaluator, float]:
+    evaluator = Evaluator([n.model for n in networks], cfg.protocol, device=device,
+                          precision=cfg.precision, batch_size=cfg.batch_size, flip=flip)
+    images_per_step = max(1, int(cfg.batch_size // evaluator.inputs_per_image(scales)))
+    sampler = distributed.ShardSampler(dataset) if world_size > 1 else None
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=images_per_step, shuffle=False, sampler=sampler,
+        num_workers=cfg.workers, collate_fn=collate_samples,
+        pin_memory=device.type == "cuda", persistent_workers=False)
+    start = time.perf_counter()
+    tally = Tally(networks[0].num_classes, reported_topk(networks[0].num_classes))
+    run_protocol(evaluator, loader, tally, progress=distributed.is_main() and cfg.progress,
+                 total=len(sampler) if sampler is not None else len(dataset))
+    tally.all_reduce(distributed.all_reduce_sum)
+    return tally, evaluator, time.perf_counter() - start
+
+
+def report(cfg: EvalConfig, networks: list[Network], out: Path, facts: dict[str, Any],
+           tally: Tally, seconds: float) -> None:
+    """Writes the results JSON and confusion CSV and prints the paper-style table."""
+    summary = tally.summary()
+    row = {**describe_networks(networks), "test_Q": ",".join(map(str, facts["scales"])),
+           "method": PAPER_METHOD[cfg.protocol], "top1_error": summary["top1_error"],
+           "top5_error": summary.get("top5_error")}
+    confusion = confusion_path(out)
+    results = {
+        **facts, "protocol": cfg.protocol, "table_row": row, **summary,
+        "networks": [{"source": n.source, "version": n.version, "batch_norm": n.batch_norm,
+                      "image_size": n.image_size, "num_classes": n.num_classes,
+                      "train_scale": list(n.train_scale) if n.train_scale else None,
+                      "mean": list(n.mean), "std": list(n.std)} for n in networks],
+        "confusion_matrix": str(confusion), "seconds": seconds,
+        "images_per_second": summary["samples"] / seconds if seconds > 0 else None,
+        "config": configuration.to_dict(cfg),
+    }
+    write_confusion_csv(tally.confusion, confusion, facts["class_names"])
+    write_results(results, out)
+    print(paper_table([row]))
+    print("\n".join(accuracy_lines(summary, tally.ks)))
+    if summary["nonfinite_posteriors"]:
+        print(f"warning: {summary['nonfinite_posteriors']} samples had non-finite posteriors "
+              "(counted wrong): the network may have diverged", file=sys.stderr)
+    print(f"results: {out}\nconfusion matrix: {confusion}")
 
 
 def check_device(name: str) -> None:
@@ -145,114 +239,43 @@ def check_device(name: str) -> None:
                               "use --device cpu")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return run(args, parser)
-    except (UserError, FileNotFoundError, NotADirectoryError) as error:
-        print(f"evaluate.py: error: {error}", file=sys.stderr)
-        return 2
-
-
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    networks = load_networks(args, parser)
-    first = networks[0]
-    config = first.config
-    dataset_name = args.dataset or config.get("dataset") or (
-        "ImageNet" if args.torchvision_weights else None)
-    if dataset_name is None:
-        raise EvaluationError(f"{first.source} records no dataset: pass --dataset")
-    known = {name.lower(): name for name in dataset_class.DATASETS}
-    if dataset_name.lower() not in known:
-        raise EvaluationError(f"unknown dataset {dataset_name!r}; choose one of "
-                              f"{', '.join(dataset_class.DATASETS)}")
-    data_root = args.data_root or config.get("data_root") or "data"
-    spec = dataset_class.dataset_spec(dataset_name, data_root)
-    if args.torchvision_weights:
-        spec = dataclasses.replace(spec, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    for what, wanted, have in (("classes", spec.num_classes, first.num_classes),
-                               ("input channels", spec.in_channels, first.in_channels)):
-        if wanted is not None and wanted != have:
-            raise EvaluationError(
-                f"{first.source} has {have} {what} but {dataset_name} has {wanted}: it was "
-                "trained on other data (pass --dataset to evaluate it on the data it knows)")
-
-    if args.checkpoint:  # train_scale None in the config: the dataset's, resized with the net
-        for network in networks:
-            if network.train_scale is None:
-                network.train_scale = spec.train_scale_at(network.image_size)
-    image_size = min(n.image_size for n in networks)
-    default_scale = ["single"] if first.train_scale is not None else [256]
-    scales = resolve_scales(args.scale or default_scale, first.train_scale, image_size)
-    check_device(args.device)
-    _, world_size, _, device = distributed.init_distributed(args.device)
-    main_process = distributed.is_main()
-
-    transform = MultiScale([dataset_class.eval_transform(spec, image_size, scale=q, crop=False,
-                                                         antialias=first.antialias)
-                            for q in scales])
-    dataset = dataset_class.build_dataset(
-        dataset_name, args.split, data_root, transform, on_corrupt=args.on_corrupt,
-        val_fraction=config.get("val_fraction", 0.1))  # the held-out split train.py used
-    class_names = getattr(dataset, "classes", None)
-    if args.limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
-
-    flip = spec.hflip if args.flip is None else args.flip
-    evaluator = Evaluator([n.model for n in networks], args.protocol, device=device,
-                          precision=args.precision, batch_size=args.batch_size, flip=flip)
-    images_per_step = max(1, int(args.batch_size // evaluator.inputs_per_image(scales)))
-    sampler = distributed.ShardSampler(dataset) if world_size > 1 else None
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=images_per_step, shuffle=False, sampler=sampler,
-        num_workers=args.workers, collate_fn=collate_samples, pin_memory=device.type == "cuda",
-        persistent_workers=False)
-
-    start = time.perf_counter()
-    tally = evaluate(evaluator, loader, first.num_classes,
-                     progress=main_process and not args.no_progress,
-                     total=len(sampler) if sampler is not None else len(dataset))
-    tally.all_reduce(distributed.all_reduce_sum)
-    seconds = time.perf_counter() - start
-    distributed.cleanup()
-    if not main_process:
+def evaluate_networks(argv: list[str] | None) -> int:
+    cfg, args = configuration.parse_args(EvalConfig, argv, description=__doc__.split("\n")[0])
+    if getattr(args, "print_config", False):
+        print(configuration.to_yaml(cfg), end="")
         return 0
-
-    summary = tally.summary()
-    row = {**describe_networks(networks), "test_Q": ",".join(map(str, scales)),
-           "method": PAPER_METHOD[args.protocol], "top1_error": summary["top1_error"],
-           "top5_error": summary["top5_error"]}
-    out = args.out or default_output(first.source, args.split, args.protocol, scales)
-    confusion_path = out.with_name(out.stem + "_confusion.csv")
-    results = {
-        "dataset": dataset_name, "split": args.split, "protocol": args.protocol,
-        "scales": scales, "flip": flip,
-        "resize": "PIL antialiased bilinear" if first.antialias else "bilinear",
-        "table_row": row, **summary,
-        "networks": [{"source": n.source, "version": n.version, "batch_norm": n.batch_norm,
-                      "image_size": n.image_size, "num_classes": n.num_classes,
-                      "train_scale": list(n.train_scale) if n.train_scale else None}
-                     for n in networks],
-        "class_names": list(class_names) if class_names else None,
-        "confusion_matrix": str(confusion_path), "world_size": world_size,
-        "device": str(device), "precision": args.precision, "seconds": seconds,
-        "images_per_second": summary["samples"] / seconds if seconds > 0 else None,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_confusion_csv(tally.confusion, confusion_path, class_names)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-
-    print(paper_table([row]))
-    n = summary["samples"]
-    for k in (1, 5):
-        print(f"top-{k}: error {100 * summary[f'top{k}_error']:.2f}%, accuracy "
-              f"{100 * summary[f'top{k}_accuracy']:.2f}% ({summary[f'top{k}_correct']}/{n})")
-    if summary["nonfinite_posteriors"]:
-        print(f"warning: {summary['nonfinite_posteriors']} samples had non-finite posteriors "
-              "(counted wrong): the network may have diverged", file=sys.stderr)
-    print(f"results: {out}\nconfusion matrix: {confusion_path}")
+    networks = load_networks(cfg)
+    first = networks[0]
+    name = dataset_name(cfg, first)
+    root = cfg.data_root or first.config.get("data_root") or "data"
+    hflip = prepare_networks(networks, name, root)
+    scales = choose_scales(cfg, first, min(n.image_size for n in networks))
+    check_device(cfg.device)
+    dataset, class_names, sample = build_data(cfg, first, name, root, scales)
+    sample_tag = (cfg.limit, cfg.seed) if sample else None
+    out = Path(cfg.out) if cfg.out else default_output(
+        [n.source for n in networks], cfg.split, cfg.protocol, scales, sample_tag)
+    check_writable(out)  # before the evaluation, not after it
+    rank, world_size, _, device = distributed.init_distributed(cfg.device)
+    try:
+        flip = hflip if cfg.flip is None else cfg.flip
+        tally, evaluator, seconds = score(cfg, networks, dataset, scales, flip, device,
+                                          world_size)
+    finally:
+        distributed.cleanup()
+    if rank == 0:
+        facts = {"dataset": name, "split": cfg.split, "sample": sample, "scales": scales,
+                 "flip": flip, "resize": ("PIL antialiased bilinear" if first.antialias
+                                          else "bilinear"),
+                 "class_names": list(class_names) if class_names else None,
+                 "world_size": world_size, "device": str(device),
+                 "precision": evaluator.precision}
+        report(cfg, networks, out, facts, tally, seconds)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: evaluate_networks(argv), "evaluate.py")
 
 
 if __name__ == "__main__":

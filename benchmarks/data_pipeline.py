@@ -3,7 +3,7 @@ rescale, random crop, flip, PCA colour shift, normalise): this project's OpenCV 
 against the torchvision.transforms.v2 and albumentations equivalents, on the same generated
 JPEGs.
 
-    python benchmarks/data_pipeline.py [--images 64] [--scale 256 512] [--repeats 3]
+    python -m benchmarks.data_pipeline [--images 64] [--scale 256 512] [--repeats 3]
 
 Both run in this one process with one thread (OpenCV's and torch's pools off), so the figures
 are per core; a loader with N workers scales them by about N. Two torchvision baselines are
@@ -14,47 +14,27 @@ gets the same OpenCV decode as ours.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its import-time PyPI check
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-from albumentations.pytorch import ToTensorV2  # noqa: E402
-from PIL import Image  # noqa: E402
-from torchvision.transforms import v2  # noqa: E402
+import cv2
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torchvision.transforms import v2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.images import write_jpegs
+from vgg.data import ImageFileDataset, ImageSet, dataset_spec
+from vgg.transforms import COLOR_SHIFT_STD, IMAGENET_EIGVAL, IMAGENET_EIGVEC, train_transform
 
-from dataset_class import ImageFileDataset, ImageSet, dataset_spec, train_transform  # noqa: E402
-from vgg.transforms import COLOR_SHIFT_STD, IMAGENET_EIGVAL, IMAGENET_EIGVEC  # noqa: E402
-
-# Typical ILSVRC-2012 image shapes (height, width): most are about 500 px on the long side.
-SHAPES = [(375, 500), (333, 500), (500, 375), (500, 500), (281, 500)]
-
-
-def write_jpegs(folder: Path, count: int) -> list[str]:
-    """`count` photo-like JPEGs (smooth colour fields plus sensor-like noise, quality 90)."""
-    rng = np.random.default_rng(0)
-    files = []
-    for i in range(count):
-        height, width = SHAPES[i % len(SHAPES)]
-        y, x = np.mgrid[0:height, 0:width]
-        fields = [128 + 100 * np.sin(x / rng.uniform(10, 60) + c) * np.cos(y / rng.uniform(10, 60))
-                  for c in range(3)]
-        image = np.stack(fields, axis=-1) + rng.normal(0, 12, (height, width, 3))
-        path = folder / f"{i}.JPEG"
-        cv2.imwrite(str(path), image.clip(0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        files.append(str(path))
-    return files
+# albumentations is optional (a GPU machine may lack it): its rows are left out without it.
+HAVE_ALBUMENTATIONS = importlib.util.find_spec("albumentations") is not None
 
 
 class Lighting(torch.nn.Module):
@@ -83,9 +63,13 @@ def torchvision_transform(scale: tuple[int, int], size: int) -> v2.Compose:
     ])
 
 
-def albumentations_transform(scale: tuple[int, int], size: int) -> A.Compose:
+def albumentations_transform(scale: tuple[int, int], size: int):
     """The same augmentation as an albumentations pipeline, as its users would write it:
     rescale the whole image, then crop (ours resamples only the crop's pixels)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its import-time PyPI check
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
     spec = dataset_spec("ImageNet")
     eigval = np.asarray(IMAGENET_EIGVAL, dtype=np.float32)
     eigvec = np.asarray(IMAGENET_EIGVEC, dtype=np.float32)
@@ -116,13 +100,13 @@ def images_per_second(load: Callable[[int], torch.Tensor], count: int, repeats: 
     return statistics.median(rates[1:])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--scale", type=int, nargs=2, default=(256, 512), metavar=("SMIN", "SMAX"))
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     scale = tuple(args.scale)
@@ -133,7 +117,6 @@ def main() -> None:
             ImageSet(files, np.zeros(len(files), dtype=np.int64), ("all",)),
             train_transform(dataset_spec("ImageNet"), args.size, scale))
         reference = torchvision_transform(scale, args.size)
-        albumentations = albumentations_transform(scale, args.size)
         decoded = [cv2.imread(f, cv2.IMREAD_COLOR_RGB) for f in files]
         contenders = {  # name: (load image i, name of ours to compare with)
             "ours (OpenCV)": (lambda i: ours[i][0], None),
@@ -142,23 +125,25 @@ def main() -> None:
             "torchvision v2, decode_jpeg": (
                 lambda i: reference(torchvision.io.decode_jpeg(torchvision.io.read_file(
                     files[i]))), "ours (OpenCV)"),
-            "albumentations, OpenCV decode": (
-                lambda i: albumentations(image=cv2.imread(files[i], cv2.IMREAD_COLOR_RGB))[
-                    "image"], "ours (OpenCV)"),
             "ours, transform only": (lambda i: ours.transform(decoded[i]), None),
             "torchvision, transform only": (
                 lambda i: reference(torch.from_numpy(decoded[i]).permute(2, 0, 1)),
                 "ours, transform only"),
-            "albumentations, transform only": (
-                lambda i: albumentations(image=decoded[i])["image"], "ours, transform only"),
         }
+        if HAVE_ALBUMENTATIONS:
+            albumentations = albumentations_transform(scale, args.size)
+            contenders["albumentations, OpenCV decode"] = (
+                lambda i: albumentations(image=cv2.imread(files[i], cv2.IMREAD_COLOR_RGB))[
+                    "image"], "ours (OpenCV)")
+            contenders["albumentations, transform only"] = (
+                lambda i: albumentations(image=decoded[i])["image"], "ours, transform only")
         rates = {name: images_per_second(load, len(files), args.repeats)
                  for name, (load, _) in contenders.items()}
 
     print(f"ImageNet training transform, S in [{scale[0]}, {scale[1]}], {args.size}px crops, "
           f"{args.images} JPEGs of ~500x375, one core (torch {torch.__version__}, "
-          f"torchvision {torchvision.__version__}, albumentations "
-          f"{A.__version__}, OpenCV {cv2.__version__})")
+          f"torchvision {torchvision.__version__}, OpenCV {cv2.__version__}"
+          f"{'' if HAVE_ALBUMENTATIONS else '; albumentations not installed'})")
     for name, (_, ours_name) in contenders.items():
         ratio = f"ours / this = {rates[ours_name] / rates[name]:4.2f}x" if ours_name else ""
         print(f"  {name:30s} {rates[name]:8.1f} images/s/core   {ratio}")

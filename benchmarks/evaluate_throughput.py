@@ -1,7 +1,7 @@
 """Images per second of each test protocol (Sec. 3.2) at each test scale, for config D.
 
-    python benchmarks/evaluate_throughput.py                 # GPU: 224 net, Q = 256/384/512
-    python benchmarks/evaluate_throughput.py --device cpu    # CPU: a 32 net, Q scaled alike
+    python -m benchmarks.evaluate_throughput                 # GPU: 224 net, Q = 256/384/512
+    python -m benchmarks.evaluate_throughput --device cpu    # CPU: a 32 net, Q scaled alike
 
 Shows what multi-crop (50 crops per scale) and multi-scale evaluation cost against one
 centre crop or dense evaluation. Inputs are random images already rescaled to Q (4:3
@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vgg.evaluation import PROTOCOLS, Evaluator  # noqa: E402
-from vgg.model import build_vgg  # noqa: E402
+from vgg.evaluation import PROTOCOLS, Evaluator
+from vgg.model import build_vgg
 
 PAPER_SCALES = (256, 384, 512)
 

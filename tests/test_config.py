@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import dataset_class
-from config import Config
+from config import Config, EvalConfig
 from vgg import configuration
 from vgg.configuration import ConfigError, parse_args
 from vgg.model import VERSIONS
@@ -115,3 +115,65 @@ def test_cli_print_config_and_error_exit_code():
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "did you mean 'optimizer'" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_config_directory_and_non_utf8_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=f"--config {tmp_path} is a directory"):
+        parse_args(Config, ["--config", str(tmp_path)])
+    binary = tmp_path / "weights.pt"
+    binary.write_bytes(b"\x80\x02\xff\xfe lr: 0.1\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        parse_args(Config, ["--config", str(binary)])
+
+
+def test_messages_name_flags_as_flags():
+    with pytest.raises(ConfigError, match="^--epochs: expected int"):
+        parse_args(Config, ["--epochs", "ten"])
+    with pytest.raises(ConfigError, match="^--optimizer adam: unknown optimizer"):
+        parse_args(Config, ["--optimizer", "adam"])
+
+
+def test_choices_are_case_insensitive_and_stored_as_declared():
+    cfg, _ = parse_args(Config, ["--dataset", "cifar10", "--optimizer", "SGD"])
+    assert (cfg.dataset, cfg.optimizer) == ("Cifar10", "sgd")
+    cfg, _ = parse_args(EvalConfig, ["--dataset", "imagenet", "--protocol", "Dense"])
+    assert (cfg.dataset, cfg.protocol) == ("ImageNet", "dense")
+
+
+def test_list_fields_take_spaces_or_commas_in_both_tools():
+    for argv in (["--train_scale", "256", "512"], ["--train_scale", "256,512"]):
+        assert parse_args(Config, argv)[0].train_scale == (256, 512)
+        assert parse_args(EvalConfig, argv)[0].train_scale == [256, 512]
+    cfg, _ = parse_args(EvalConfig, ["--checkpoint", "a.pt", "b.pt", "--scale", "multi", "288"])
+    assert cfg.checkpoint == ["a.pt", "b.pt"] and cfg.scale == ["multi", 288]
+    cfg, _ = parse_args(EvalConfig, ["--checkpoint", "runs/1,runs/2", "--scale", "256,384"])
+    assert cfg.checkpoint == ["runs/1", "runs/2"] and cfg.scale == [256, 384]
+    assert parse_args(Config, ["--train_scale", "none"])[0].train_scale is None
+    cfg, _ = parse_args(EvalConfig, ["--flip", "false", "--progress", "false"])
+    assert cfg.flip is False and cfg.progress is False
+
+
+def test_eval_config_defaults_and_yaml(tmp_path):
+    c = EvalConfig()
+    assert (c.protocol, c.split, c.precision, c.scale, c.flip) == (
+        "dense", "test", "fp32", None, None)  # Sec. 3.2 dense, fp32 as the paper's numbers
+    path = tmp_path / "eval.yaml"
+    path.write_text("checkpoint: [runs/a/best.pt, runs/b/best.pt]\nscale: [single, 320]\n")
+    cfg, _ = parse_args(EvalConfig, ["--config", str(path), "--limit", "8"])
+    assert cfg.checkpoint == ["runs/a/best.pt", "runs/b/best.pt"] and cfg.scale == ["single", 320]
+    configuration.save_yaml(configuration.to_dict(cfg), tmp_path / "again.yaml")
+    assert parse_args(EvalConfig, ["--config", str(tmp_path / "again.yaml")])[0] == cfg
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--limit", "0"], "--limit 0"),
+    (["--workers", "-1"], "--workers -1"),
+    (["--device", "tpu"], "--device tpu"),
+    (["--checkpoint", "a.pt", "--torchvision_weights", "b.pth"], "not both"),
+    (["--checkpoint", "a.pt", "--model_version", "D"], "a checkpoint records its own"),
+    (["--train_scale", "1,2,3"], "--train_scale 1,2,3"),
+])
+def test_eval_config_rejects_bad_values(argv, needle):
+    with pytest.raises(ConfigError) as info:
+        parse_args(EvalConfig, argv)
+    assert needle in str(info.value)

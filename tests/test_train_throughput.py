@@ -2,19 +2,14 @@
 step and torchvision's reference step compute the same training run."""
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks import steps
+from benchmarks import train_throughput as benchmark
 from vgg import build_vgg
 from vgg.training import build_optimizer, train_step
-
-spec = importlib.util.spec_from_file_location(
-    "train_throughput", Path(__file__).parents[1] / "benchmarks" / "train_throughput.py")
-benchmark = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(benchmark)
 
 
 def test_our_fp32_step_matches_the_reference_step():
@@ -22,18 +17,18 @@ def test_our_fp32_step_matches_the_reference_step():
     reference = build_vgg("A", num_classes=10, image_size=32, fc_width=32)
     ours = copy.deepcopy(reference)
     initial = copy.deepcopy(list(reference.parameters()))
-    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=benchmark.LR,
-                                          momentum=benchmark.MOMENTUM,
-                                          weight_decay=benchmark.WEIGHT_DECAY)
-    our_optimizer = build_optimizer(ours, lr=benchmark.LR, momentum=benchmark.MOMENTUM,
-                                    weight_decay=benchmark.WEIGHT_DECAY)
+    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=steps.LR,
+                                          momentum=steps.MOMENTUM,
+                                          weight_decay=steps.WEIGHT_DECAY)
+    our_optimizer = build_optimizer(ours, lr=steps.LR, momentum=steps.MOMENTUM,
+                                    weight_decay=steps.WEIGHT_DECAY)
     data = torch.Generator().manual_seed(1)
     for step in range(3):
         image = torch.randn(8, 3, 32, 32, generator=data)
         target = torch.randint(0, 10, (8,), generator=data)
         torch.manual_seed(100 + step)  # the same dropout masks in both
-        loss, acc1, acc5 = benchmark.reference_step(reference.train(), reference_optimizer,
-                                                    image, target, scaler=None)
+        loss, acc1, acc5 = steps.reference_step(reference.train(), reference_optimizer,
+                                                image, target, scaler=None)
         torch.manual_seed(100 + step)
         result = train_step(ours.train(), our_optimizer, [(image, target)],
                             device=torch.device("cpu"))
@@ -44,24 +39,6 @@ def test_our_fp32_step_matches_the_reference_step():
                                                        strict=True))  # every layer trained
     for mine, theirs in zip(ours.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("precision", [None, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
-def test_memory_extrapolation_equals_direct_measurement(precision, checkpointing):
-    """--memory measures at batch 1 and 2 and extrapolates; the figure must be the one
-    measured at the batch itself. Under bf16 + checkpointing the recomputed stage that sets
-    the peak changes with the batch (the last stage's bf16 weight copies at batch 1, the
-    first stage's activations at 64): taking one stage's maximum at small batches and
-    extrapolating it linearly came out far too low."""
-    model = build_vgg("A", num_classes=10, image_size=32, fc_width=64, init=None)
-    model.activation_checkpointing = checkpointing
-    saved = benchmark.saved_bytes_by_batch(model, precision)
-    for batch in (3, 64):
-        assert saved.at(batch) == pytest.approx(benchmark.saved_bytes(model, batch, precision),
-                                                rel=1e-6)
-    if checkpointing and precision is not None:  # the case the test is for
-        assert (saved.largest_stage(1), saved.largest_stage(64)) == (5, 1)
 
 
 def backend_flags():
@@ -106,12 +83,3 @@ def test_tf32_is_ours_only_and_never_leaks_into_the_reference(monkeypatch, resto
     reference = (False, True, True, False)  # TF32 matmuls off, convolutions on (defaults)
     ours = (True, True, True, False)
     assert seen == [("reference", reference), ("ours", ours), ("ours", ours)] * 2
-
-
-def test_largest_batch_that_fits_reads_the_measured_footprints():
-    gib = 2**30
-    footprints = {32: 5 * gib, 64: 9 * gib, 128: 17 * gib, 256: 33 * gib}  # 512: OOM
-    fits = {size: benchmark.largest_batch_that_fits(footprints, size * gib)
-            for size in benchmark.GPU_SIZES_GIB}
-    assert fits == {16: 64, 24: 128, 40: 256, 48: 256, 80: 256}
-    assert benchmark.largest_batch_that_fits(footprints, 4 * gib) is None

@@ -1,5 +1,5 @@
-"""The paper's training and test-time transforms (vgg/transforms.py, wired to dataset specs in
-dataset_class.py), checked against OpenCV, torchvision and hand-written numpy."""
+"""The paper's training and test-time transforms (vgg/transforms.py, with their defaults for
+a dataset spec), checked against OpenCV, torchvision and hand-written numpy."""
 
 from __future__ import annotations
 

@@ -1,7 +1,13 @@
-"""One dataclass is the whole configuration: its fields become ``--flags``, a YAML file
-(``yaml.safe_load``) can override them, and every value is checked against the field's type
-and declared choices. Precedence: dataclass defaults < ``base`` dict (e.g. a resumed run's
-saved config) < ``--config file.yaml`` < ``--key value`` flags.
+"""The one configuration system of both command-line tools: a dataclass (``config.Config``
+for train.py, ``config.EvalConfig`` for evaluate.py) is the whole configuration; its fields
+become ``--flags``, a YAML file (``yaml.safe_load``) can override them, and every value is
+checked against the field's type and declared choices. Precedence: dataclass defaults <
+``base`` dict (e.g. a resumed run's saved config) < ``--config file.yaml`` < ``--key value``.
+
+Flags are spelled the same way in both tools: booleans ``--flip true|false``; list and tuple
+fields take space- or comma-separated values (``--scale 256 384`` = ``--scale 256,384``,
+``--train_scale 256,512``); ``none`` sets an optional field to None. Choices of text fields
+are case-insensitive (``--dataset cifar10`` is ``Cifar10``).
 
 Declare choices next to the field: ``field(default="sgd", metadata={"choices": ("sgd",
 "adamw")})``; ``choices`` may be a zero-argument callable, evaluated only when checked, so a
@@ -50,6 +56,9 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+NULLS = ("none", "null", "~")
+
+
 def _parse_text(text: str) -> Any:
     """A command-line value as YAML would read it, plus "a,b" as a list."""
     try:
@@ -61,17 +70,39 @@ def _parse_text(text: str) -> Any:
     return value
 
 
+def _sequence_args(tp: Any) -> tuple | None:
+    """The item types of a list or tuple field (``list[str] | None`` -> ``(str,)``), or None
+    for any other field."""
+    for candidate in (tp, *typing.get_args(tp)):
+        if typing.get_origin(candidate) in (list, tuple):
+            return typing.get_args(candidate)
+    return None
+
+
+def _from_text(value: str | list[str], tp: Any) -> Any:
+    """Command-line text as a value for a field of type ``tp``: YAML scalars ("1e-2" ->
+    0.01, "true"), "none" -> None for optional fields, and for list/tuple fields the
+    space-separated values (``nargs="+"``), each split at commas."""
+    texts = [value] if isinstance(value, str) else list(value)
+    optional = type(None) in typing.get_args(tp)
+    if optional and len(texts) == 1 and texts[0].lower() in NULLS:
+        return None
+    items = _sequence_args(tp)
+    if items is None:
+        text = " ".join(texts)
+        return text if tp is str or str in typing.get_args(tp) else _parse_text(text)
+    parts = [part.strip() for text in texts for part in text.split(",") if part.strip()]
+    text_items = items[:1] == (str,) or items[:1] == (Path,)  # paths: never YAML-parsed
+    return [part if text_items else _parse_text(part) for part in parts]
+
+
 def coerce(name: str, value: Any, tp: Any, from_text: bool = False) -> Any:
     """``value`` as type ``tp``, or ConfigError saying what the field takes. Text from the
     command line is parsed first ("1e-2" -> 0.01, "none" -> None, "256,512" -> [256, 512])."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if from_text and isinstance(value, str):
-        if value.lower() in ("none", "null", "~") and type(None) in args:
-            return None
-        if tp is str or str in args:
-            return value
-        value = _parse_text(value)
-    wrong = ConfigError(f"{name}: expected {_type_name(tp)}, got {value!r} "
+    if from_text and isinstance(value, (str, list)):
+        value = _from_text(value, tp)
+    wrong = ConfigError(f"--{name}: expected {_type_name(tp)}, got {value!r} "
                         f"({type(value).__name__})")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -89,7 +120,7 @@ def coerce(name: str, value: Any, tp: Any, from_text: bool = False) -> Any:
             raise wrong
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise ConfigError(f"{name}: expected {len(args)} values "
+                raise ConfigError(f"--{name}: expected {len(args)} values "
                                   f"({_type_name(tp)}), got {list(value)!r}")
             items = [coerce(name, v, a) for v, a in zip(value, args, strict=True)]
         else:
@@ -120,7 +151,7 @@ def coerce(name: str, value: Any, tp: Any, from_text: bool = False) -> Any:
         raise wrong
     if tp is Any:
         return value
-    raise ConfigError(f"{name}: unsupported field type {_type_name(tp)}")
+    raise ConfigError(f"--{name}: unsupported field type {_type_name(tp)}")
 
 
 def _unknown(keys: Sequence[str], cls: type, where: str) -> ConfigError:
@@ -145,13 +176,22 @@ def apply(config: Any, values: Mapping[str, Any], where: str, from_text: bool = 
     return dataclasses.replace(config, **changes)
 
 
-def check_choices(config: Any) -> None:
+def check_choices(config: Any) -> Any:
+    """``config`` with every choice field checked and spelled as declared: text matches
+    case-insensitively (``--dataset cifar10`` -> ``Cifar10``)."""
+    canonical = {}
     for f in dataclasses.fields(config):
         choices = _choices(f)
         value = getattr(config, f.name)
-        if choices is not None and value is not None and value not in choices:
-            raise ConfigError(f"{f.name}: invalid choice {value!r}; valid choices: "
-                              f"{', '.join(map(str, choices))}")
+        if choices is None or value is None or value in choices:
+            continue
+        by_lower = {c.lower(): c for c in choices if isinstance(c, str)}
+        if isinstance(value, str) and value.lower() in by_lower:
+            canonical[f.name] = by_lower[value.lower()]
+            continue
+        raise ConfigError(f"--{f.name} {value}: unknown {f.name.replace('_', ' ')}; valid choices: "
+                          f"{', '.join(map(str, choices))}")
+    return dataclasses.replace(config, **canonical)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -163,12 +203,20 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a directory; give a YAML file (key: value per "
+                          "line), e.g. configs/quickstart_digits.yaml or <run>/config.yaml")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({error.reason} at byte "
+                          f"{error.start}): is it a YAML file?") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -182,6 +230,11 @@ def save_yaml(values: Mapping[str, Any], path: str | Path) -> None:
     directory with half a config."""
     with replace_atomically(path) as f:
         f.write(yaml.safe_dump(dict(values), sort_keys=False))
+
+
+def to_yaml(config: Any) -> str:
+    """The resolved configuration as ``--print_config`` shows it (loadable by ``--config``)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -208,19 +261,22 @@ def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
     comments = field_comments(cls)
     for f in dataclasses.fields(cls):
         choices = f.metadata.get("choices")
-        shown = "" if choices is None or callable(choices) else f" {{{','.join(choices)}}}"
+        shown = ("" if choices is None or callable(choices)
+                 else f" {{{','.join(c for c in choices if c is not None)}}}")
         parser.add_argument(f"--{f.name}", metavar=_type_name(hints[f.name]).upper(),
+                            nargs="+" if _sequence_args(hints[f.name]) is not None else None,
                             help=f"{comments.get(f.name, '')}{shown} "
                                  f"(default: {getattr(defaults, f.name)!r})")
     return parser
 
 
 def parse_args(cls: type, argv: Sequence[str] | None,
-               base: Mapping[str, Any] | Any | None = None) -> tuple[Any, argparse.Namespace]:
+               base: Mapping[str, Any] | Any | None = None,
+               description: str = "") -> tuple[Any, argparse.Namespace]:
     """Resolve the configuration from ``argv``. ``base`` (a dict or a callable taking the
     flag values and returning one, or None) sits between the defaults and the YAML file.
     Returns the checked config and the namespace (for ``print_config``)."""
-    parser = build_parser(cls)
+    parser = build_parser(cls, description)
     args, rest = parser.parse_known_args(argv)
     if rest:
         flags = [r for r in rest if r.startswith("--")]
@@ -239,7 +295,7 @@ def parse_args(cls: type, argv: Sequence[str] | None,
     if getattr(args, "config", None):
         config = apply(config, load_yaml(args.config), str(args.config))
     config = apply(config, flags, "command-line flags", from_text=True)
-    check_choices(config)
+    config = check_choices(config)
     if hasattr(config, "validate"):
         config.validate()
     return config, args

@@ -100,10 +100,10 @@ def all_gather_object(obj) -> list:
 
 
 def __getattr__(name: str):
-    """``ShardSampler`` moved to vgg.data.sampling; dataset_class.py and evaluate.py still
-    import it from here until their owners switch (then this goes). Lazy, because
-    vgg.data.sampling imports this module."""
-    if name == "ShardSampler":
-        from vgg.data.sampling import ShardSampler
-        return ShardSampler
+    """The samplers moved to vgg.data.sampling; vgg/data/loading.py, gpu.py, resident.py and
+    evaluate.py still import them from here until their owners switch (then this goes).
+    Lazy, because vgg.data.sampling imports this module."""
+    if name in ("ShardSampler", "ResumableSampler"):
+        from vgg.data import sampling
+        return getattr(sampling, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

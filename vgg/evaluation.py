@@ -1,5 +1,7 @@
-"""The paper's test protocols (Sec. 3.2), importable and unit-testable; ``evaluate.py`` is
-the command line around them.
+"""The paper's test protocols (Sec. 3.2) and the loop that scores a dataset with them:
+crop geometry, test scales, posteriors, and the top-1/top-5 tally. Loading weight files is
+:mod:`vgg.networks`' job, writing results :mod:`vgg.report`'s; ``evaluate.py`` is the
+command line around the three.
 
 Every protocol starts from the same input: the test image isotropically rescaled so that
 its smallest side is Q, normalised, uncropped (one tensor per test scale). From it:
@@ -10,29 +12,29 @@ its smallest side is Q, normalised, uncropped (one tensor per test scale). From 
   image; the class-score map is spatially averaged, softmaxed, and averaged with the
   posterior of the horizontally flipped image.
 - ``multicrop``: a 5x5 regular grid of ``image_size`` crops spanning the image (corners
-  included), each also flipped: 50 crops per scale, posteriors averaged.
+  included), each also flipped: 50 crops per scale, posteriors averaged. Where the grid
+  repeats a crop (Q close to the crop size) each distinct crop is computed once and
+  weighted by how often the grid holds it.
 - ``dense+multicrop``: the mean of the dense and the multi-crop posteriors.
 
 Posteriors (softmax), never logits, are averaged over flips, crops, scales and networks.
+The averaging is done in log space (log-mean-exp of log-softmax), so a class whose
+posterior underflows float32 (a logit gap above ~104) keeps its rank instead of tying at 0.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from vgg.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_from_checkpoint
 from vgg.errors import UserError
 from vgg.metrics import topk_correct
-from vgg.model import TORCHVISION_NAMES, VGG, build_vgg
-from vgg.precision import autocast, autocast_dtype
+from vgg.model import VGG
+from vgg.precision import autocast, autocast_dtype, resolve_precision
 from vgg.transforms import single_test_scale
 
 PROTOCOLS = ("center", "dense", "multicrop", "dense+multicrop")
@@ -41,7 +43,9 @@ PAPER_METHOD = {"center": "centre crop", "dense": "dense", "multicrop": "multi-c
                 "dense+multicrop": "multi-crop & dense"}
 GRID = 5  # Sec. 3.2: a 5x5 grid of crops per scale, each also flipped
 SCALE_SHORTHANDS = ("single", "multi")
-PAPER_SCALE_STEP = 32  # Sec. 3.2 / Table 4: Q = {S - 32, S, S + 32} for a fixed S
+PAPER_SCALE_STEP = 32  # Sec. 3.2 / Table 4: Q = {S - 32, S, S + 32} for a fixed S ...
+PAPER_IMAGE_SIZE = 224  # ... at the paper's crop size
+FAR_OUTSIDE = 1.5  # a test scale this factor outside the paper's range gets a warning
 TOPK = (1, 5)
 
 
@@ -76,23 +80,45 @@ def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     return image[..., top:top + size, left:left + size]
 
 
-def grid_crops(image: torch.Tensor, size: int, grid: int = GRID) -> torch.Tensor:
-    """(grid*grid, C, size, size): the crops at :func:`grid_positions` in row-major order
-    (top-left first, bottom-right last), gathered from unfold views without a Python loop."""
+def grid_crops(image: torch.Tensor, size: int,
+               grid: int = GRID) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct crops of the ``grid`` x ``grid`` crops at :func:`grid_positions`, in
+    row-major order (top-left first, bottom-right last), gathered from unfold views without
+    a Python loop, and how many of the grid's crops each one is (all 1 unless the image is
+    within ``grid - 2`` pixels of the crop size, where positions repeat)."""
     height, width = image.shape[-2:]
-    tops = torch.tensor(grid_positions(height, size, grid))
-    lefts = torch.tensor(grid_positions(width, size, grid))
+    tops, top_counts = torch.tensor(grid_positions(height, size, grid)).unique(
+        return_counts=True)
+    lefts, left_counts = torch.tensor(grid_positions(width, size, grid)).unique(
+        return_counts=True)
     windows = image.unfold(1, size, 1).unfold(2, size, 1)  # (C, H-s+1, W-s+1, s, s), a view
-    crops = windows[:, tops[:, None], lefts[None, :]]  # (C, grid, grid, s, s)
-    return crops.flatten(1, 2).transpose(0, 1)
+    crops = windows[:, tops[:, None], lefts[None, :]]  # (C, rows, columns, s, s)
+    counts = top_counts[:, None] * left_counts[None, :]
+    return crops.flatten(1, 2).transpose(0, 1), counts.flatten()
 
 
 def multicrop_inputs(image: torch.Tensor, size: int, grid: int = GRID,
-                     flip: bool = True) -> torch.Tensor:
-    """Sec. 3.2's crops of one image at one scale: the grid, then each crop flipped
-    (2 * grid * grid of them, 50 for the paper's 5x5 grid; without ``flip`` only the grid)."""
-    crops = grid_crops(image, size, grid)
-    return torch.cat([crops, crops.flip(-1)]) if flip else crops
+                     flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sec. 3.2's crops of one image at one scale: the grid, then each crop flipped (2 * grid
+    * grid of them, 50 for the paper's 5x5 grid; without ``flip`` only the grid), each
+    distinct crop once, with its multiplicity (see :func:`grid_crops`)."""
+    crops, counts = grid_crops(image, size, grid)
+    if not flip:
+        return crops, counts
+    return torch.cat([crops, crops.flip(-1)]), torch.cat([counts, counts])
+
+
+def log_mean_exp(log_p: torch.Tensor, dim: int = 0,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """log(mean(exp(log_p))) along ``dim`` (weighted by ``weights`` if given), computed
+    without leaving log space: the average of posteriors, with ranks kept where they
+    underflow."""
+    if weights is None:
+        return torch.logsumexp(log_p, dim) - math.log(log_p.shape[dim])
+    shape = [1] * log_p.dim()
+    shape[dim] = -1
+    log_w = weights.to(log_p).log().view(shape)
+    return torch.logsumexp(log_p + log_w, dim) - log_w.logsumexp(dim)
 
 
 # --------------------------------------------------------------------------- scales
@@ -109,17 +135,27 @@ def parse_train_scale(train_scale: Any) -> tuple[int, int]:
     return values[0], values[1]
 
 
-def paper_scales(train_scale: Any, kind: str) -> list[int]:
+def scale_step(image_size: int) -> int:
+    """The step between the paper's test scales {S - 32, S, S + 32} for a fixed S, for a
+    network of ``image_size``: 32 pixels at the paper's 224 (a seventh of the crop), the same
+    share of a smaller crop (9 at 64, 5 at 32), so that small networks get the same
+    relative scales."""
+    return max(1, round(PAPER_SCALE_STEP * image_size / PAPER_IMAGE_SIZE))
+
+
+def paper_scales(train_scale: Any, kind: str, image_size: int = PAPER_IMAGE_SIZE) -> list[int]:
     """Sec. 3.2's test scales for a net trained at ``train_scale``: ``single`` is Q = S
-    (fixed S) or Q = (Smin + Smax) / 2 (jittered S); ``multi`` is {S - 32, S, S + 32} or
-    {Smin, (Smin + Smax) / 2, Smax}."""
+    (fixed S) or Q = (Smin + Smax) / 2 (jittered S); ``multi`` is {S - 32, S, S + 32}
+    (the step scaled with ``image_size``: :func:`scale_step`) or {Smin, (Smin + Smax) / 2,
+    Smax}."""
     smin, smax = parse_train_scale(train_scale)
     middle = single_test_scale((smin, smax))
     if kind == "single":
         return [middle]
     if kind == "multi":
         if smin == smax:
-            return [smin - PAPER_SCALE_STEP, smin, smin + PAPER_SCALE_STEP]
+            step = scale_step(image_size)
+            return [smin - step, smin, smin + step]
         return [smin, middle, smax]
     raise EvaluationError(f"unknown scale shorthand {kind!r}; use one of {SCALE_SHORTHANDS}")
 
@@ -136,8 +172,8 @@ def resolve_scales(tokens: Sequence[str | int], train_scale: Any | None,
             if train_scale is None:
                 raise EvaluationError(
                     f"--scale {token} needs the training scale, which these weights do not "
-                    "record: pass --train_scale S (or Smin Smax), or give Q explicitly")
-            scales += paper_scales(train_scale, str(token))
+                    "record: pass --train_scale S (or Smin,Smax), or give Q explicitly")
+            scales += paper_scales(train_scale, str(token), image_size)
         else:
             raise EvaluationError(f"--scale takes integers or one of {SCALE_SHORTHANDS}, "
                                   f"got {token!r}")
@@ -151,98 +187,26 @@ def resolve_scales(tokens: Sequence[str | int], train_scale: Any | None,
     return sorted(set(scales))
 
 
-# --------------------------------------------------------------------------- networks
-
-@dataclass
-class Network:
-    """One network to evaluate, with what the report needs to describe it."""
-    model: VGG
-    source: str
-    version: str
-    batch_norm: bool
-    train_scale: tuple[int, int] | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    # Test images are resampled as the network's training images were: torchvision trained
-    # on PIL's antialiased resizes, this toolkit's trainer on a plain bilinear warp.
-    antialias: bool = False
-
-    @property
-    def num_classes(self) -> int:
-        return self.model.classifier[-1].out_features
-
-    @property
-    def in_channels(self) -> int:
-        return self.model.features[0].in_channels
-
-    @property
-    def image_size(self) -> int:
-        return self.model.image_size
-
-
-def network_from_checkpoint(path: str | os.PathLike) -> Network:
-    checkpoint = load_checkpoint(path)
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path} does not hold a checkpoint dict")
-    if "model_args" not in checkpoint and "classifier.6.weight" in checkpoint:
-        raise CheckpointError(f"{path} is a bare state dict (torchvision-style weights), not a "
-                              "checkpoint of this toolkit: pass it with --torchvision_weights")
-    model = model_from_checkpoint(checkpoint, source=str(path))
-    args = checkpoint["model_args"]
-    config = dict(checkpoint.get("config") or {})
-    train_scale = config.get("train_scale")
-    return Network(model, str(path), args["version"], bool(args.get("batch_norm", False)),
-                   parse_train_scale(train_scale) if train_scale is not None else None, config)
-
-
-def infer_torchvision_version(state: dict[str, torch.Tensor]) -> tuple[str, bool]:
-    """Which of torchvision's vgg11/13/16/19 (with or without BN) a state dict is."""
-    feature_keys = {k for k in state if k.startswith("features.")}
-    for version in TORCHVISION_NAMES:
-        for batch_norm in (False, True):
-            with torch.device("meta"):
-                reference = build_vgg(version, batch_norm=batch_norm, init=None)
-            if {k for k in reference.state_dict() if k.startswith("features.")} == feature_keys:
-                return version, batch_norm
-    raise CheckpointError("these weights match none of torchvision's vgg11/13/16/19 "
-                          "(with or without _bn): pass --model_version and --batch_norm")
-
-
-def network_from_torchvision(path: str | os.PathLike, version: str | None = None,
-                             batch_norm: bool | None = None) -> Network:
-    """A torchvision VGG state dict (``torch.save(models.vgg16(...).state_dict(), path)``,
-    or the published ``vgg16-397923af.pth``) as our config A/B/D/E at 224, loaded strictly.
-    ``version``/``batch_norm`` are inferred from the keys when not given."""
-    state = load_checkpoint(path)
-    if not isinstance(state, dict) or "classifier.6.weight" not in state:
-        hint = (" (this is a checkpoint of this toolkit: pass it with --checkpoint)"
-                if isinstance(state, dict) and "model_args" in state else "")
-        raise CheckpointError(f"{path} is not a torchvision VGG state dict{hint}")
-    if version is None or batch_norm is None:
-        found_version, found_bn = infer_torchvision_version(state)
-        version = found_version if version is None else version
-        batch_norm = found_bn if batch_norm is None else batch_norm
-    fc1 = state["classifier.0.weight"]
-    model = build_vgg(version, num_classes=state["classifier.6.weight"].shape[0],
-                      in_channels=state["features.0.weight"].shape[1], image_size=224,
-                      batch_norm=batch_norm, init=None, fc_width=fc1.shape[0])
-    name = TORCHVISION_NAMES.get(version, f"config {version}") + ("_bn" if batch_norm else "")
-    load_model_state(model, state, f"{path} (loaded as torchvision {name})")
-    return Network(model, str(path), version, batch_norm, antialias=True)
-
-
-def check_ensemble(networks: Sequence[Network]) -> None:
-    """Networks whose posteriors can be averaged: same classes, channels and dataset."""
-    first = networks[0]
-    for other in networks[1:]:
-        for what, mine, theirs in (
-                ("class count", first.num_classes, other.num_classes),
-                ("input channels", first.in_channels, other.in_channels),
-                ("dataset", first.config.get("dataset"), other.config.get("dataset"))):
-            if mine != theirs:
-                raise EvaluationError(
-                    f"cannot ensemble {first.source} and {other.source}: their {what} "
-                    f"differs ({mine} vs {theirs}); an ensemble averages posteriors over "
-                    "the same classes of the same data")
+def scale_warning(scales: Sequence[int], train_scale: tuple[int, int] | None,
+                  image_size: int) -> str | None:
+    """A warning when a test scale is far (over 1.5x) outside the range the paper tested a
+    network of this training scale at (Tables 3-4: Q within one step of [Smin, Smax]), where
+    objects appear at a size the network never saw; None when every Q is sensible."""
+    if train_scale is None:
+        return None
+    multi = paper_scales(train_scale, "multi", image_size)
+    low, high = multi[0] / FAR_OUTSIDE, multi[-1] * FAR_OUTSIDE
+    far = [q for q in scales if not low <= q <= high]
+    if not far:
+        return None
+    single = paper_scales(train_scale, "single", image_size)[0]
+    smin, smax = train_scale
+    trained = str(smin) if smin == smax else f"[{smin};{smax}]"
+    return (f"warning: test scale Q={','.join(map(str, far))} is far outside what the paper "
+            f"tested for a network trained at S={trained}: objects appear "
+            f"{max(far) / single:.1f}x their training size and the error will be much higher "
+            f"than the network's. The paper's Q for this network: {single} (--scale single) "
+            f"or {','.join(map(str, multi))} (--scale multi).")
 
 
 # --------------------------------------------------------------------------- posteriors
@@ -255,10 +219,12 @@ class Evaluator:
     evaluation sends whole images of one size together with the same pixel budget (at
     least one image, with its flip), so large images are processed one at a time.
     ``flip=False`` drops the horizontal flips of dense and multi-crop evaluation, for data
-    whose mirror image is not an image of the same class (digits: ``DatasetSpec.hflip``)."""
+    whose mirror image is not an image of the same class (digits: ``DatasetSpec.hflip``).
+    ``precision`` is fp32 unless bf16/fp16 autocast is asked for (``auto``: bf16 on a GPU);
+    ``self.precision`` is the one actually used."""
 
     def __init__(self, models: Sequence[VGG], protocol: str, *, device: str | torch.device = "cpu",
-                 precision: str = "auto", batch_size: int = 64, grid: int = GRID,
+                 precision: str = "fp32", batch_size: int = 64, grid: int = GRID,
                  flip: bool = True) -> None:
         if protocol not in PROTOCOLS:
             raise EvaluationError(f"unknown protocol {protocol!r}; choose one of "
@@ -270,7 +236,8 @@ class Evaluator:
         self.batch_size = batch_size
         self.grid = grid
         self.flip = flip
-        self.dtype = autocast_dtype(precision, self.device)
+        self.precision = resolve_precision(precision, self.device)
+        self.dtype = autocast_dtype(self.precision, self.device)
         self.memory_format = (torch.channels_last if self.device.type == "cuda"
                               else torch.contiguous_format)
         self.models = [m.eval().to(self.device, memory_format=self.memory_format)
@@ -283,23 +250,25 @@ class Evaluator:
         with torch.inference_mode(), autocast(self.device, self.dtype):
             return net(x).float()
 
-    def _crop_posteriors(self, model: VGG, crops: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self._forward(model, chunk).softmax(1)
+    def _crop_log_posteriors(self, model: VGG, crops: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self._forward(model, chunk).log_softmax(1)
                           for chunk in crops.split(self.batch_size)]).cpu()
 
     def center(self, model: VGG, images: Sequence[torch.Tensor]) -> torch.Tensor:
         crops = torch.stack([center_crop(image, model.image_size) for image in images])
-        return self._crop_posteriors(model, crops)
+        return self._crop_log_posteriors(model, crops)
 
     def multicrop(self, model: VGG, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        crops = torch.cat([multicrop_inputs(image, model.image_size, self.grid, self.flip)
-                           for image in images])
-        per_crop = self._crop_posteriors(model, crops)
-        return per_crop.view(len(images), -1, per_crop.shape[-1]).mean(1)
+        inputs = [multicrop_inputs(image, model.image_size, self.grid, self.flip)
+                  for image in images]
+        per_crop = self._crop_log_posteriors(model, torch.cat([crops for crops, _ in inputs]))
+        per_image = per_crop.split([len(crops) for crops, _ in inputs])
+        return torch.stack([log_mean_exp(log_p, 0, counts)
+                            for log_p, (_, counts) in zip(per_image, inputs, strict=True)])
 
     def dense(self, index: int, images: Sequence[torch.Tensor]) -> torch.Tensor:
         model, dense = self.models[index], self.dense_models[index]
-        posteriors: list[torch.Tensor | None] = [None] * len(images)
+        log_posteriors: list[torch.Tensor | None] = [None] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, image in enumerate(images):
             if min(image.shape[-2:]) < model.image_size:
@@ -316,33 +285,38 @@ class Evaluator:
                 if self.flip:
                     x = torch.cat([x, x.flip(-1)])
                 # Sec. 3.2: the class-score map is spatially averaged, then softmaxed.
-                scores = self._forward(dense, x).mean((2, 3)).softmax(1).cpu()
-                if self.flip:
-                    scores = scores.view(2, len(group), -1).mean(0)
+                scores = self._forward(dense, x).mean((2, 3)).log_softmax(1).cpu()
+                scores = log_mean_exp(scores.view(copies, len(group), -1))
                 for i, row in zip(group, scores, strict=True):
-                    posteriors[i] = row
-        return torch.stack(posteriors)
+                    log_posteriors[i] = row
+        return torch.stack(log_posteriors)
 
-    def posteriors(self, batch: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+    def log_posteriors(self, batch: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
         """``batch[i][s]``: image i rescaled to the s-th test scale, (C, H, W). Returns the
-        (len(batch), classes) posteriors, averaged over scales and networks."""
+        (len(batch), classes) log of the posteriors averaged over scales and networks."""
         num_scales = len(batch[0])
         batch = [[image.to(self.device, non_blocking=True) for image in sample]
                  for sample in batch]  # crop on the device, not on the host
-        total = None
+        averaged = []
         for index, model in enumerate(self.models):
             for s in range(num_scales):
                 images = [sample[s] for sample in batch]
                 if self.protocol == "center":
-                    p = self.center(model, images)
+                    log_p = self.center(model, images)
                 elif self.protocol == "dense":
-                    p = self.dense(index, images)
+                    log_p = self.dense(index, images)
                 elif self.protocol == "multicrop":
-                    p = self.multicrop(model, images)
+                    log_p = self.multicrop(model, images)
                 else:
-                    p = 0.5 * (self.dense(index, images) + self.multicrop(model, images))
-                total = p if total is None else total + p
-        return total / (num_scales * len(self.models))
+                    log_p = log_mean_exp(torch.stack([self.dense(index, images),
+                                                      self.multicrop(model, images)]))
+                averaged.append(log_p)
+        return log_mean_exp(torch.stack(averaged))
+
+    def posteriors(self, batch: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+        """The averaged posteriors themselves: ``exp`` of :meth:`log_posteriors` (whose
+        ranking is the one to count: these may underflow to ties at 0)."""
+        return self.log_posteriors(batch).exp()
 
     def inputs_per_image(self, scales: Sequence[int]) -> float:
         """Rough network inputs (in ``image_size`` crops) per image, for batching."""
@@ -376,6 +350,12 @@ def collate_samples(batch: Sequence[tuple[Any, int]]) -> tuple[list[tuple[torch.
 
 
 # --------------------------------------------------------------------------- counting
+
+def reported_topk(num_classes: int) -> tuple[int, ...]:
+    """The top-k errors worth reporting for ``num_classes``: top-5 of 5 classes or fewer is
+    always 0% and is left out."""
+    return tuple(k for k in TOPK if k == 1 or k < num_classes)
+
 
 class Tally:
     """Top-1/top-5 counts, per-class counts and the confusion matrix (rows: true class,
@@ -441,60 +421,25 @@ class Tally:
         return out
 
 
-def evaluate(evaluator: Evaluator, loader: Iterable, num_classes: int, *,
-             progress: bool = False, total: int | None = None) -> Tally:
-    """Posteriors of every batch of ``loader`` (as made by :func:`collate_samples`),
-    counted into a :class:`Tally`. Distributed callers all-reduce the tally afterwards."""
+def sample_indices(n: int, limit: int | None, seed: int = 0) -> list[int]:
+    """``limit`` of ``range(n)`` drawn at random (seeded, sorted), or all of them: a sample
+    across the split, never its first images (sorted by class in image folders)."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n, generator=generator)[:limit].tolist())
+
+
+def run_protocol(evaluator: Evaluator, loader: Iterable, tally: Tally, *,
+                 progress: bool = False, total: int | None = None) -> Tally:
+    """Scores every batch of ``loader`` (as made by :func:`collate_samples`) with the
+    evaluator's protocol and counts them into ``tally``. Distributed callers all-reduce the
+    tally afterwards."""
     from tqdm import tqdm
 
-    tally = Tally(num_classes)
     with tqdm(total=total, disable=not progress, unit="img", dynamic_ncols=True) as bar:
         for images, targets in loader:
-            tally.update(evaluator.posteriors(images), targets)
+            tally.update(evaluator.log_posteriors(images), targets)
             bar.update(len(targets))
             bar.set_postfix(top1_err=f"{1 - int(tally.correct[0]) / max(tally.count, 1):.3f}")
     return tally
-
-
-# --------------------------------------------------------------------------- reporting
-
-def format_train_scale(train_scale: tuple[int, int] | None) -> str:
-    if train_scale is None:
-        return "-"
-    smin, smax = train_scale
-    return str(smin) if smin == smax else f"[{smin};{smax}]"
-
-
-def paper_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table laid out like PAPER.md Tables 3-5 (errors in %)."""
-    lines = ["| config | train S | test Q | method | top-1 err | top-5 err |",
-             "|---|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['config']} | {row['train_S']} | {row['test_Q']} | "
-                     f"{row['method']} | {100 * row['top1_error']:.1f} | "
-                     f"{100 * row['top5_error']:.1f} |")
-    return "\n".join(lines)
-
-
-def describe_networks(networks: Sequence[Network]) -> dict[str, str]:
-    configs = [n.version.replace("_lrn", "-LRN") + ("-BN" if n.batch_norm else "")
-               for n in networks]
-    scales = sorted({format_train_scale(n.train_scale) for n in networks})
-    return {"config": " & ".join(configs), "train_S": ", ".join(scales)}
-
-
-def write_confusion_csv(confusion: torch.Tensor, path: str | os.PathLike,
-                        class_names: Sequence[str] | None = None) -> None:
-    names = list(class_names) if class_names else [str(i) for i in range(len(confusion))]
-    names = [str(n).replace(",", " ") for n in names]
-    with open(path, "w") as f:
-        f.write("true\\predicted," + ",".join(names) + "\n")
-        for name, row in zip(names, confusion.tolist(), strict=True):
-            f.write(name + "," + ",".join(map(str, row)) + "\n")
-
-
-def default_output(source: str, split: str, protocol: str, scales: Sequence[int]) -> Path:
-    """``runs/x/best.pt`` -> ``runs/x/eval_best_test_dense_256-384-512.json``."""
-    path = Path(source)
-    tag = protocol.replace("+", "_")
-    return path.with_name(f"eval_{path.stem}_{split}_{tag}_{'-'.join(map(str, scales))}.json")

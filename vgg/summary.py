@@ -1,6 +1,6 @@
 """Per-layer table of a VGG: output shape, parameters, multiply-accumulates, receptive field.
 
-    python -m vgg.summary --model_version D [--image_size 224] [--batch_norm]
+    python -m vgg.summary --model_version D [--image_size 224] [--batch_norm true]
 
 The network is built on PyTorch's meta device, so even config E at 224 costs no memory
 and no compute; shapes come from a real forward pass through the real modules.
@@ -8,12 +8,15 @@ and no compute; shapes come from a real forward pass through the real modules.
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from vgg import configuration
+from vgg.configuration import ConfigError
+from vgg.errors import run_cli
 from vgg.model import VERSIONS, VGG, build_vgg
 
 # Table 2 of the paper, millions of parameters at 1000 classes.
@@ -95,27 +98,38 @@ def format_table(rows: list[LayerRow], version: str, num_classes: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model_version", choices=VERSIONS, default="D")
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--in_channels", type=int, default=3)
-    parser.add_argument("--num_classes", type=int, default=1000)
-    parser.add_argument("--batch_norm", action="store_true")
-    args = parser.parse_args(argv)
+@dataclass
+class SummaryConfig:
+    model_version: str = field(default="D", metadata={"choices": VERSIONS})  # Table 1 config
+    image_size: int = 224  # input side (a multiple of 32)
+    in_channels: int = 3  # input channels
+    num_classes: int = 1000  # width of the class-score layer
+    batch_norm: bool = False  # BatchNorm after every conv
+
+
+def print_summary(argv: list[str] | None) -> int:
+    cfg, args = configuration.parse_args(SummaryConfig, argv, description=__doc__.split("\n")[0])
+    if getattr(args, "print_config", False):
+        print(configuration.to_yaml(cfg), end="")
+        return 0
     try:
         with torch.device("meta"):
-            model = build_vgg(args.model_version, num_classes=args.num_classes,
-                              in_channels=args.in_channels, image_size=args.image_size,
-                              batch_norm=args.batch_norm, init=None)
+            model = build_vgg(cfg.model_version, num_classes=cfg.num_classes,
+                              in_channels=cfg.in_channels, image_size=cfg.image_size,
+                              batch_norm=cfg.batch_norm, init=None)
     except ValueError as error:
-        parser.error(str(error))
-    print(f"VGG config {args.model_version}{' with batch norm' if args.batch_norm else ''}, "
-          f"{args.in_channels}x{args.image_size}x{args.image_size} input, "
-          f"{args.num_classes} classes")
-    print(format_table(summarize(model.eval(), args.in_channels), args.model_version,
-                       args.num_classes))
+        raise ConfigError(str(error)) from None
+    print(f"VGG config {cfg.model_version}{' with batch norm' if cfg.batch_norm else ''}, "
+          f"{cfg.in_channels}x{cfg.image_size}x{cfg.image_size} input, "
+          f"{cfg.num_classes} classes")
+    print(format_table(summarize(model.eval(), cfg.in_channels), cfg.model_version,
+                       cfg.num_classes))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: print_summary(argv), "python -m vgg.summary")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,16 +14,22 @@ grow with S; flip, colour shift and normalisation are folded into the final conv
 Evaluation can instead resample as torchvision's reference pipeline does (`EvalTransform`'s
 `antialias`): PIL's antialiased bilinear resize of the whole image, bit for bit, for networks
 trained on such resizes (torchvision's published weights).
+
+`train_transform` and `eval_transform` configure them for a dataset's spec.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from vgg.data.registry import DatasetSpec
 
 # One OpenCV thread per process: loader workers are the parallelism, and OpenCV's pool
 # must not exist across fork (a forked worker that touches a pool created in the parent
@@ -227,3 +233,30 @@ class EvalTransform:
     def __repr__(self) -> str:
         return (f"EvalTransform(scale={self.scale}, size={self.size},"
                 f" antialias={self.antialias}, {self.normalize})")
+
+
+def train_transform(spec: DatasetSpec, image_size: int, scale: tuple[int, int] | None = None,
+                    color_shift: bool = True) -> TrainTransform:
+    """The paper's training augmentation for `spec`'s images at `image_size`: rescale to S
+    drawn from `scale` = (Smin, Smax) (None: spec.train_scale, proportionally resized when
+    image_size differs from spec.image_size), random crop (pad-and-crop for datasets stored at
+    their training size), horizontal flip where spec.hflip, colour shift for RGB datasets."""
+    ratio = image_size / spec.image_size
+    scale = scale or spec.train_scale_at(image_size)
+    return TrainTransform(image_size, scale, spec.mean, spec.std, hflip=spec.hflip,
+                          padding=round(spec.crop_padding * ratio),
+                          color_shift=color_shift and spec.in_channels == 3)
+
+
+def eval_transform(spec: DatasetSpec, image_size: int, scale: int | None = None,
+                   crop: bool = True, *, antialias: bool = False) -> EvalTransform:
+    """Test-time transform: rescale to Q = `scale`, then the centre image_size crop, or with
+    crop=False the whole rescaled image (dense evaluation). Q defaults to the paper's single
+    test scale for the default training scale, 0.5 (Smin + Smax) (= S when fixed), resized
+    with image_size: 256 for ImageNet at 224, image_size for the small datasets.
+    `antialias` resizes as torchvision's PIL pipeline does (PIL's antialiased bilinear), for
+    torchvision's weights; the default matches this toolkit's training resampling."""
+    if scale is None:
+        scale = single_test_scale(spec.train_scale_at(image_size))
+    return EvalTransform(scale, image_size if crop else None, spec.mean, spec.std,
+                         antialias=antialias)

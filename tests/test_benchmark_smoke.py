@@ -1,0 +1,131 @@
+"""Every benchmark entry point runs, at tiny sizes on the CPU, and prints its table; the
+FLOP bound behind the MFU column is the issue's 92.8 GFLOP for config D at 224."""
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from benchmarks import (
+    cifar_speed,
+    data_pipeline,
+    evaluate_throughput,
+    gpu_data,
+    train_memory,
+    train_throughput,
+)
+from benchmarks.steps import training_flops_per_image
+
+ROOT = Path(__file__).parents[1]
+MODULES = ["train_throughput", "train_memory", "gpu_data", "cifar_speed", "data_pipeline",
+           "evaluate_throughput", "distributed_smoke"]
+
+
+def test_the_bound_is_three_times_the_forward_flops():
+    """D at 224: 15.47 G multiply-accumulates forward (the paper's network), 2 FLOP each,
+    x3 for the two backward products: 92.8 GFLOP per training image."""
+    assert training_flops_per_image("D", 224, 1000) == pytest.approx(92.8e9, rel=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", MODULES)
+def test_each_benchmark_runs_as_a_module_from_the_repository_root(module):
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--help"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage:")
+
+
+def table_row(output: str, name: str) -> list[str]:
+    line = next(line for line in output.splitlines() if line.startswith(name))
+    return line[len(name):].split()
+
+
+@pytest.mark.slow
+def test_throughput_prints_mfu_and_the_profile(capsys):
+    train_throughput.main(["--device", "cpu", "--image_size", "32", "--batch_size", "2",
+                           "--num_classes", "10", "--steps", "1", "--warmup", "1",
+                           "--no_compile", "--peak_tflops", "2", "--profile",
+                           "--profile_rows", "3"])
+    output = capsys.readouterr().out
+    speed, mfu = table_row(output, "ours")[:2]
+    flops = training_flops_per_image("A", 32, 10)
+    assert float(mfu.rstrip("%")) / 100 == pytest.approx(float(speed) * flops / 2e12,
+                                                         rel=0.02, abs=1e-3)
+    assert "profile of 'ours'" in output and "convolution" in output
+
+
+def test_memory_table_on_cpu(capsys):
+    train_memory.main(["--model_version", "A", "--image_size", "32"])
+    output = capsys.readouterr().out
+    assert re.search(r"^bf16\s+on \(stage [\d/]+\)", output, re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_gpu_data_pipeline_and_fed_training(capsys):
+    gpu_data.main(["--device", "cpu", "--shape", "60", "80", "--images", "4",
+                   "--batch_size", "2", "--threads", "1", "--num_classes", "10",
+                   "--steps", "1", "--warmup", "1", "--repeats", "1"])
+    output = capsys.readouterr().out
+    for stage in ("decode (decode_jpeg)", "augment (decoded images)",
+                  "decode + augment (JpegLoader)", "training fed by JpegLoader"):
+        assert float(table_row(output, stage)[0]) > 0
+    assert table_row(output, "training, synthetic batch")[1] == "1.00x"
+
+
+@pytest.mark.slow
+def test_cifar_speed_trains_from_the_jpeg_zip(tmp_path, capsys):
+    archive = tmp_path / "cifar.zip"
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for i in range(20):
+            image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            zipped.writestr(f"train/{('cat', 'dog')[i % 2]}/{i:04d}.jpg",
+                            cv2.imencode(".jpg", image)[1].tobytes())
+    cifar_speed.main(["--zip", str(archive), "--device", "cpu", "--model_version", "A",
+                      "--fc_width", "16", "--epochs", "1", "--batch_size", "6"])
+    output = capsys.readouterr().out
+    assert "18 training images" in output and "2 held out" in output
+    loss, top1, seconds = table_row(output, "    1")
+    assert float(top1.rstrip("%")) in (0.0, 50.0, 100.0)  # 2 validation images
+
+
+@pytest.mark.slow
+def test_data_pipeline_and_evaluation_benchmarks(capsys):
+    data_pipeline.main(["--images", "2", "--repeats", "1", "--size", "32", "--scale", "37",
+                        "48"])
+    evaluate_throughput.main(["--device", "cpu", "--images", "1", "--repeats", "1",
+                              "--protocols", "center"])
+    output = capsys.readouterr().out
+    assert "ours (OpenCV)" in output and "| center |" in output
+
+
+@pytest.mark.slow
+def test_distributed_smoke_under_torchrun_with_two_cpu_processes():
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+         "2", "-m", "benchmarks.distributed_smoke", "--device", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "backend gloo, 2 process(es)" in result.stdout
+    assert "CPU tally all-reduced: [2.0, 1.0]; validation counted 15" in result.stdout
+    assert result.stdout.rstrip().endswith("distributed smoke: OK")
+
+
+@pytest.mark.slow
+def test_the_gpu_session_needs_neither_wandb_nor_albumentations():
+    """A GPU machine may lack both: everything benchmarks/gpu_session.sh runs imports
+    without them (imports of a name set to None in sys.modules fail, as if uninstalled)."""
+    modules = [f"benchmarks.{m}" for m in MODULES] + ["train", "evaluate", "vgg.data.gpu",
+                                                       "vgg.data.resident"]
+    code = ("import sys, importlib\nsys.modules['wandb'] = sys.modules['albumentations'] = None\n"
+            f"for name in {modules!r}:\n    importlib.import_module(name)\nprint('imported')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "imported"

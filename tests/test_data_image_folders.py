@@ -1,0 +1,101 @@
+"""Datasets of image files in class folders (vgg/data/image_folders.py): the three
+ImageFolder layouts, labels by the training classes' names, and the folder mistakes that
+are errors saying what to do."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from dataset_class import DatasetNotFoundError, build_dataset, dataset_spec
+from tests.fakedata import class_color, write_image_folder
+from vgg.data.errors import DatasetError
+
+
+def test_image_folder_with_split_folders_and_its_measured_spec(tmp_path):
+    write_image_folder(tmp_path, ["cat", "dog", "eel"], per_class=4,
+                       splits=("train", "val", "test"))
+    spec = dataset_spec("ImageFolder", tmp_path)
+    assert (spec.num_classes, spec.in_channels, spec.image_size) == (3, 3, 224)
+    colors = np.array([class_color(c) for c in range(3)]) / 255  # equal class sizes
+    np.testing.assert_allclose(spec.mean, colors.mean(0), atol=1e-3)
+    np.testing.assert_allclose(spec.std, colors.std(0), atol=1e-3)
+    for split in ("train", "val", "test"):  # val/ is used as it is, not held out
+        dataset = build_dataset("ImageFolder", split, tmp_path, np.asarray)
+        assert dataset.classes == ("cat", "dog", "eel") and len(dataset) == 12
+        assert all((image[0, 0] == class_color(label)).all() for image, label in dataset)
+
+
+def test_flat_image_folder_is_a_training_set_with_held_out_val_and_no_test(tmp_path):
+    write_image_folder(tmp_path, ["a", "b"], per_class=10, splits=())
+    train = build_dataset("ImageFolder", "train", tmp_path, np.asarray, val_fraction=0.2)
+    val = build_dataset("ImageFolder", "val", tmp_path, np.asarray, val_fraction=0.2)
+    assert (len(train), len(val)) == (16, 4)
+    assert not set(train.files) & set(val.files)
+    with pytest.raises(DatasetNotFoundError, match="no test/ folder"):
+        build_dataset("ImageFolder", "test", tmp_path, np.asarray)
+
+
+def test_val_and_test_are_labelled_by_the_training_classes_names(tmp_path):
+    """train (a, b, c), test (a, c): test/c must be label 2, class c, not the 1 (b) that
+    numbering test/'s own folders would give."""
+    write_image_folder(tmp_path, ["a", "b", "c"], per_class=2, splits=("train",))
+    write_image_folder(tmp_path / "test", ["a", "b", "c"], per_class=2, splits=())
+    write_image_folder(tmp_path / "val", ["a", "b", "c"], per_class=2, splits=())
+    shutil.rmtree(tmp_path / "test" / "b")
+    shutil.rmtree(tmp_path / "val" / "a")
+    for split, present in [("test", [0, 2]), ("val", [1, 2])]:
+        dataset = build_dataset("ImageFolder", split, tmp_path, np.asarray)
+        assert dataset.classes == ("a", "b", "c")
+        assert sorted(set(dataset.labels.tolist())) == present
+        for image, label in dataset:  # each file's colour is its true class's
+            assert (image[0, 0] == class_color(label)).all()
+
+
+def test_a_split_with_a_class_the_training_set_lacks_is_an_error_naming_it(tmp_path):
+    write_image_folder(tmp_path, ["a", "b"], per_class=2, splits=("train",))
+    write_image_folder(tmp_path / "test", ["a", "b", "zebra"], per_class=2, splits=())
+    with pytest.raises(DatasetError, match=r"test holds class folder\(s\) zebra that the "
+                                           "training set does not have"):
+        build_dataset("ImageFolder", "test", tmp_path, np.asarray)
+
+
+@pytest.mark.parametrize("splits", [("train",), ()])
+def test_one_class_is_an_error_saying_a_classifier_needs_two(tmp_path, splits):
+    write_image_folder(tmp_path, ["cats"], per_class=3, splits=splits)
+    with pytest.raises(DatasetError, match=r"one class folder \(cats\).*at least two"):
+        build_dataset("ImageFolder", "train", tmp_path, np.asarray)
+    with pytest.raises(DatasetError, match="at least two"):
+        dataset_spec("ImageFolder", tmp_path)
+
+
+def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
+    write_image_folder(tmp_path, ["a", "b"], per_class=3, splits=("train",))
+    (tmp_path / "train" / "c").mkdir()
+    (tmp_path / "train" / "c" / "notes.txt").write_text("no image here")
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()  # hidden folders are not classes
+    with pytest.raises(DatasetError, match=r"class folder\(s\) c in .*train hold no images"):
+        build_dataset("ImageFolder", "train", tmp_path, np.asarray)
+    (tmp_path / "train" / "c" / "notes.txt").unlink()
+    (tmp_path / "train" / "c").rmdir()
+    assert build_dataset("ImageFolder", "train", tmp_path, np.asarray).classes == ("a", "b")
+
+
+def test_train_and_val_without_test_offers_the_choices_instead_of_an_errno(tmp_path):
+    write_image_folder(tmp_path, ["a", "b"], per_class=2, splits=("train", "val"))
+    with pytest.raises(DatasetNotFoundError) as missing:
+        build_dataset("ImageFolder", "test", tmp_path, np.asarray)
+    message = str(missing.value)
+    assert "Errno" not in message
+    assert f"{tmp_path} has no test/ folder" in message
+    assert "val/ chose the checkpoint" in message
+    assert "evaluate.py --split val" in message and "optimistic" in message
+    assert f"{tmp_path}/test/<class>/" in message
+
+
+def test_val_or_test_without_train_is_not_taken_for_class_folders(tmp_path):
+    write_image_folder(tmp_path, ["a", "b"], per_class=2, splits=("val", "test"))
+    with pytest.raises(DatasetNotFoundError, match="has val/ and test/ but no train/"):
+        build_dataset("ImageFolder", "train", tmp_path, np.asarray)

@@ -1,0 +1,53 @@
+"""Image files to uint8 RGB arrays as PIL (torchvision) and Caffe see them: EXIF orientation
+ignored, and a file that cannot be decoded completely (a truncated JPEG included) unreadable.
+
+OpenCV rotates a JPEG by its EXIF orientation tag unless told not to, while PIL and Caffe
+use the stored pixels; and it fills the missing part of a truncated JPEG with grey, warning
+on stderr only. Both would silently change what the network sees.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+
+JPEG_START, START_OF_SCAN, END_OF_IMAGE = b"\xff\xd8", 0xDA, b"\xff\xd9"
+# Markers without a length field: TEM, RST0-7 (SOI and EOI never occur inside the headers).
+STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD8)}
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """Whether JPEG `data` reaches its end-of-image marker after its first scan. The header
+    segments before the scan are skipped by their lengths (an EXIF thumbnail there has an
+    end-of-image marker of its own); in the compressed data that follows, a 0xFF byte is
+    always escaped, so 0xFF 0xD9 there is the end of the image, wherever it is (data some
+    cameras append after it does not hide it)."""
+    position = len(JPEG_START)
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return False  # the headers are broken: not something we can decode fully
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+        elif marker == START_OF_SCAN:
+            return data.find(END_OF_IMAGE, position) != -1
+        elif marker in STANDALONE_MARKERS:
+            position += 2
+        else:
+            position += 2 + int.from_bytes(data[position + 2:position + 4], "big")
+    return False
+
+
+def decode_image(path: str) -> np.ndarray | None:
+    """The image file at `path` as a uint8 (H, W, 3) RGB array, its stored pixels unrotated,
+    or None if it is missing, not an image, or truncated."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    if data[:2].tobytes() == JPEG_START and not jpeg_is_complete(data.tobytes()):
+        return None
+    return cv2.imdecode(data, DECODE_FLAGS)

@@ -1,0 +1,129 @@
+"""Datasets stored as image files in class sub-folders: reading one split's files and labels,
+and the ImageFolder reader with the meaning of its three layouts.
+
+Layouts of an ImageFolder (the folder given as data root):
+
+- ``train/ val/ test/``: train/ trains, val/ takes the plateau decisions and chooses the
+  best checkpoint, test/ is what evaluate.py scores: the only unbiased number.
+- ``train/ val/``: the same, but no images are left for an unbiased score: asking for the
+  test split says so and offers the choices.
+- ``train/`` alone, or the class folders directly in the data root: a seeded share of the
+  training images is held out as the validation split (--val_fraction, 10% by default);
+  there is no test split.
+
+Class labels index the sorted class-folder names of the training images (hidden folders
+such as .ipynb_checkpoints are ignored). val/ and test/ are labelled by those names: they
+may lack a class, but a class the training set does not have is an error naming it. A
+training set needs at least two classes, each with images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from vgg.data.decoding import IMAGE_EXTENSIONS
+from vgg.data.errors import DatasetError, DatasetNotFoundError
+from vgg.data.files import data_root_hint
+from vgg.data.imageset import ImageSet
+from vgg.data.registry import DatasetSpec, Reader
+from vgg.data.statistics import image_statistics
+
+
+def class_names(folder: Path) -> list[str]:
+    """The sorted names of the class sub-folders of `folder`, hidden ones skipped."""
+    return sorted(entry.name for entry in os.scandir(folder)
+                  if entry.is_dir() and not entry.name.startswith("."))
+
+
+def class_folders(folder: Path, classes: Sequence[str] | None = None) -> ImageSet:
+    """The image files in the class sub-folders of `folder`. Without `classes` they are a
+    training set: its classes are the folders' sorted names, at least two, none empty. With
+    `classes` (the training set's), images are labelled by folder name, and a folder whose
+    name is not among them is an error."""
+    names = class_names(folder)
+    if classes is not None and set(names) - set(classes):
+        unknown = ", ".join(sorted(set(names) - set(classes)))
+        raise DatasetError(f"{folder} holds class folder(s) {unknown} that the training set "
+                           f"does not have (its classes: {', '.join(classes)}): a network "
+                           "cannot predict a class it was not trained on; remove them, or "
+                           "add them to train/ and train again")
+    label_of_name = {name: label for label, name in enumerate(classes or names)}
+    files, labels, empty = [], [], []
+    for name in names:
+        found = sorted(entry.name for entry in os.scandir(folder / name)
+                       if entry.name.lower().endswith(IMAGE_EXTENSIONS))
+        files += [str(folder / name / f) for f in found]
+        labels += [label_of_name[name]] * len(found)
+        empty += [] if found else [name]
+    if not files:
+        raise DatasetNotFoundError(f"no images in class sub-folders of {folder} (expected "
+                                   f"{folder}/<class>/<image>{{{','.join(IMAGE_EXTENSIONS)}}})")
+    if classes is None and len(names) < 2:
+        raise DatasetError(f"{folder} has one class folder ({names[0]}), and a classifier "
+                           "needs at least two: put each class's images in a sub-folder of "
+                           f"its own ({folder}/<class>/<image>)")
+    if classes is None and empty:
+        raise DatasetError(f"class folder(s) {', '.join(empty)} in {folder} hold no images "
+                           f"(of {', '.join(IMAGE_EXTENSIONS)}): a class needs training "
+                           "images; fill or remove them")
+    return ImageSet(files, np.array(labels, dtype=np.int64), tuple(classes or names))
+
+
+def _no_test_split(folder: Path, has_train: bool) -> DatasetNotFoundError:
+    if (folder / "val").is_dir():
+        holds = "train/ and val/, and val/ chose the checkpoint (and the learning-rate drops)"
+        retrain = "rename val/ to test/ and train again, so that a held-out share of train/ "
+    else:
+        where = "train/" if has_train else "class folders"
+        holds = (f"only {where}, a seeded share of which was held out as the validation split "
+                 "that chose the checkpoint")
+        retrain = "put new images there, "
+    return DatasetNotFoundError(
+        f"{folder} has no test/ folder, so no images are left for an unbiased score: it holds "
+        f"{holds}. Either score the validation split with evaluate.py --split val, knowing "
+        f"the number is optimistic since it chose the checkpoint, or give the dataset a test "
+        f"split: {folder}/test/<class>/ ({retrain}untouched by training and model choice)")
+
+
+def image_folder_reader(subfolder: str = "") -> Reader:
+    """Reader of images in class sub-folders under <root>/<subfolder>, in any of the three
+    layouts this module's docstring describes."""
+
+    def read(root: Path, part: str, download: bool) -> ImageSet | None:
+        folder = root / subfolder
+        if not folder.is_dir():
+            raise DatasetNotFoundError(f"image folder not found: looked for {folder}; "
+                                       + data_root_hint("the class sub-folders"))
+        if not (folder / "train").is_dir():
+            strays = [f"{s}/" for s in ("val", "test") if (folder / s).is_dir()]
+            if strays:
+                raise DatasetNotFoundError(
+                    f"{folder} has {' and '.join(strays)} but no train/ folder: put the "
+                    f"training images in {folder}/train/<class>/")
+            if part == "test":
+                raise _no_test_split(folder, has_train=False)
+            return None if part == "val" else class_folders(folder)
+        if part == "train":
+            return class_folders(folder / "train")
+        if not (folder / part).is_dir():
+            if part == "val":
+                return None
+            raise _no_test_split(folder, has_train=True)
+        # Labelled by train/'s classes; when train/ has moved away (evaluating a trained
+        # network elsewhere), by the split's own folders, relabelled by the caller.
+        return class_folders(folder / part,
+                             class_names(folder / "train") or class_names(folder / part))
+
+    return read
+
+
+def image_folder_spec(train: ImageSet) -> DatasetSpec:
+    """Spec of an ImageFolder, its normalisation measured on its training images (never on
+    the ones held out for validation)."""
+    mean, std = image_statistics(train.images)
+    return DatasetSpec("ImageFolder", len(train.classes), 3, 224, mean, std, hflip=True,
+                       train_scale=(256, 256))

@@ -1,0 +1,63 @@
+"""A small training set (MNIST, CIFAR) held whole on the device as one uint8 tensor, its
+batches cut, padded-and-cropped, flipped, colour-shifted and normalised there: no loader
+workers, no host-to-device copies after the first.
+
+The order is the trainer's ResumableSampler's (a permutation per epoch from (seed, epoch)
+alone, dealt round-robin to the processes), and each batch's draws come from a device
+generator seeded by the batch's first sample seed (vgg.data.gpu.generator_seed), so a run
+resumed at (epoch, position) sees exactly the batches, and augmentations, of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from vgg.data.gpu import BatchTrainTransform, generator_seed
+from vgg.distributed import ResumableSampler
+from vgg.errors import UserError
+
+
+class ResidentLoader:
+    """Training batches ``(images, labels)`` of ``images`` ((N, H, W) or (N, H, W, C)
+    uint8, as the small datasets hold them) augmented by ``transform``, whose scale must
+    keep the images at their size (the small datasets' pad-and-crop). ``batch_size`` per
+    process; call ``set_epoch(epoch, start)`` before each epoch, ``start`` counting the
+    samples this process has already seen in it."""
+
+    def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+                 transform: BatchTrainTransform, batch_size: int, *, device: torch.device,
+                 seed: int = 0, rank: int | None = None, world: int | None = None):
+        images = torch.as_tensor(images)
+        images = images[..., None] if images.ndim == 3 else images
+        self.images = images.permute(0, 3, 1, 2).contiguous().to(device)
+        if not transform.keeps_size(self.images):
+            raise UserError(f"the GPU-resident loader crops images at their own size; "
+                            f"{tuple(self.images.shape[-2:])} images with train scale "
+                            f"{transform.scale} would be rescaled: use --train_scale "
+                            f"{min(self.images.shape[-2:])} or the CPU data pipeline")
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64).to(device)
+        self.transform, self.batch_size, self.device = transform, batch_size, device
+        self.sampler = ResumableSampler(len(self.images), seed, rank, world, with_seeds=True)
+        self.generator = torch.Generator(device=device)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = list(self.sampler)
+        if not order:
+            return
+        indices, seeds = zip(*order, strict=True)
+        indices = torch.tensor(indices, device=self.device)
+        for start in range(0, len(order), self.batch_size):
+            batch = indices[start:start + self.batch_size]
+            self.generator.manual_seed(generator_seed(seeds[start]))
+            yield self.transform(self.images[batch], self.generator), self.labels[batch]

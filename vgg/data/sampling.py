@@ -1,0 +1,95 @@
+"""Which samples each process reads, in which order: unpadded evaluation shards, the
+resumable training order, and per-sample augmentation seeds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from vgg.distributed import get_rank, get_world_size
+
+
+def shard_indices(n: int, rank: int, world: int) -> range:
+    """Rank ``rank``'s share of ``range(n)``, unpadded: every index belongs to exactly one
+    rank (shards differ in length by at most one), so summed counts equal ``n``."""
+    return range(rank, n, world)
+
+
+class ShardSampler(Sampler[int]):
+    """Sequential, unpadded shard of a dataset for evaluation (unlike DistributedSampler,
+    which pads with duplicates so that every rank has the same length)."""
+
+    def __init__(self, dataset_or_len, rank: int | None = None, world: int | None = None):
+        self.n = dataset_or_len if isinstance(dataset_or_len, int) else len(dataset_or_len)
+        self.rank = get_rank() if rank is None else rank
+        self.world = get_world_size() if world is None else world
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(shard_indices(self.n, self.rank, self.world))
+
+    def __len__(self) -> int:
+        return len(shard_indices(self.n, self.rank, self.world))
+
+
+class ResumableSampler(Sampler[int]):
+    """Training order: a fresh permutation per epoch drawn from ``(seed, epoch)`` alone, cut
+    to a multiple of ``world`` (the < world left-over samples change every epoch) and dealt
+    round-robin to the ranks, starting ``start`` samples into this rank's share. Because
+    the order depends on nothing but (seed, epoch), a resumed run sees exactly the samples
+    the interrupted one had not yet seen. ``set_epoch(epoch, start)`` before each epoch.
+
+    With ``with_seeds`` it yields ``(index, sample_seed)`` pairs, the seed a function of
+    (seed, epoch, position in the epoch's order) only, for :class:`SeededSamples`: then
+    the augmentation of every sample is also independent of workers and interruptions."""
+
+    def __init__(self, n: int, seed: int = 0, rank: int | None = None,
+                 world: int | None = None, shuffle: bool = True, with_seeds: bool = False):
+        self.n, self.seed, self.shuffle, self.with_seeds = n, seed, shuffle, with_seeds
+        self.rank = get_rank() if rank is None else rank
+        self.world = get_world_size() if world is None else world
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def per_rank(self) -> int:
+        """Samples per rank per epoch."""
+        return self.n // self.world
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=generator)
+        else:
+            order = torch.arange(self.n)
+        positions = torch.arange(self.per_rank() * self.world)[self.rank:: self.world]
+        positions = positions[self.start:]
+        indices = order[positions].tolist()
+        if not self.with_seeds:
+            return iter(indices)
+        base = (self.seed * 1_000_003 + self.epoch) % 2**30 * 2**32
+        return zip(indices, (base + positions).tolist(), strict=True)
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank() - self.start)
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset whose transforms draw from torch's global generator: item
+    ``(index, seed)`` is ``dataset[index]`` drawn with the generator seeded by ``seed``
+    (the caller's generator state is restored afterwards). With ResumableSampler's
+    per-sample seeds, augmentation no longer depends on worker count or interruptions."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
