@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from config import Config
 from vgg import configuration
@@ -103,7 +102,7 @@ def parse_config(argv: list[str] | None) -> tuple[Config, Resume | None, bool]:
 def train(argv: list[str] | None) -> int:
     cfg, resume, print_only = parse_config(argv)
     if print_only:
-        print(yaml.safe_dump(configuration.to_dict(cfg), sort_keys=False), end="")
+        print(configuration.to_yaml(cfg), end="")
         return 0
     rank, world, _, device = init_distributed(cfg.device)
     deterministic_before = torch.are_deterministic_algorithms_enabled()

@@ -99,6 +99,9 @@ class RunLock:
             except FileExistsError:
                 self._remove_if_stale()
                 continue
+            except OSError as error:  # a read-only or vanished directory
+                raise RunDirectoryError(f"cannot write in the run directory "
+                                        f"{self.path.parent}: {error.strerror}") from None
             with os.fdopen(fd, "w") as f:
                 f.write(self.owner + "\n")
             return
