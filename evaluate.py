@@ -39,6 +39,7 @@ import torch
 import dataset_class
 from config import EvalConfig
 from vgg import configuration, distributed
+from vgg.data.sampling import ShardSampler
 from vgg.errors import run_cli
 from vgg.evaluation import (
     PAPER_METHOD,
@@ -192,7 +193,7 @@ def score(cfg: EvalConfig, networks: list[Network], dataset, scales: list[int], 
     evaluator = Evaluator([n.model for n in networks], cfg.protocol, device=device,
                           precision=cfg.precision, batch_size=cfg.batch_size, flip=flip)
     images_per_step = max(1, int(cfg.batch_size // evaluator.inputs_per_image(scales)))
-    sampler = distributed.ShardSampler(dataset) if world_size > 1 else None
+    sampler = ShardSampler(dataset) if world_size > 1 else None
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=images_per_step, shuffle=False, sampler=sampler,
         num_workers=cfg.workers, collate_fn=collate_samples,

@@ -24,15 +24,9 @@ from benchmarks import steps
 from vgg.data import dataset_spec, holdout
 from vgg.data.gpu import BatchTrainTransform
 from vgg.data.resident import ResidentLoader
+from vgg.engine import precision_setup, prepare_model, train_step, validate
 from vgg.model import build_vgg
-from vgg.training import (
-    LRSchedule,
-    build_optimizer,
-    evaluate,
-    precision_setup,
-    prepare_model,
-    train_step,
-)
+from vgg.optim import LRSchedule, build_optimizer
 from vgg.transforms import train_transform
 
 
@@ -99,7 +93,7 @@ def train(args, device: torch.device) -> None:
                                     label_smoothing=args.label_smoothing,
                                     channels_last=channels_last)
                 step, loss, samples = step + 1, loss + result.loss_sum, samples + len(y)
-            metrics = evaluate(model, val, device, autocast_dtype=dtype,
+            metrics = validate(model, val, device, autocast_dtype=dtype,
                                channels_last=channels_last)
             steps.synchronize(device)
             print(f"{epoch + 1:>5}{loss / samples:>12.3f}{1 - metrics['top1_err']:>11.2%}"

@@ -19,8 +19,9 @@ import torch.distributed as dist
 from torch import nn
 
 from vgg.distributed import all_reduce_sum, get_rank, get_world_size
+from vgg.engine import precision_setup, prepare_model, train_step, validate
 from vgg.model import build_vgg
-from vgg.training import build_optimizer, evaluate, precision_setup, prepare_model, train_step
+from vgg.optim import build_optimizer
 
 
 def smoke(device: torch.device, steps: int) -> list[str]:
@@ -51,7 +52,7 @@ def smoke(device: torch.device, steps: int) -> list[str]:
     assert scores.dtype == torch.float32, f"class scores in {scores.dtype}"
     tally = all_reduce_sum(torch.tensor([1.0, rank]))  # a CPU tensor, as evaluate.py's
     assert tally.device.type == "cpu" and tally.tolist() == [world, sum(range(world))]
-    metrics = evaluate(model.module, [(x[:7 + rank], y[:7 + rank])], device,
+    metrics = validate(model.module, [(x[:7 + rank], y[:7 + rank])], device,
                        autocast_dtype=dtype, channels_last=channels_last)  # as train.py's
     assert metrics["n"] == sum(7 + r for r in range(world))
     return [f"backend {dist.get_backend()}, {world} process(es), device {device}, "

@@ -17,15 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from config import Config
+from vgg.engine import configure_backends, precision_setup, prepare_model, train_step
 from vgg.model import DOWNSAMPLING, TORCHVISION_NAMES, build_vgg
+from vgg.optim import build_optimizer
 from vgg.summary import summarize
-from vgg.training import (
-    build_optimizer,
-    configure_backends,
-    precision_setup,
-    prepare_model,
-    train_step,
-)
 
 LR, MOMENTUM, WEIGHT_DECAY = 1e-2, 0.9, 5e-4  # the paper's, and both steps'
 

@@ -12,7 +12,7 @@ so only the training step differs:
                   top-1/top-5 and .item() reads of its MetricLogger, under its backend
                   settings: cudnn.benchmark on, TF32 at PyTorch's defaults (matmuls off)
   reference amp   the same with its --amp: fp16 autocast and a GradScaler
-  ours            vgg.training.train_step with the trainer's defaults: bf16 autocast on
+  ours            vgg.engine.train_step with the trainer's defaults: bf16 autocast on
                   GPU (fp32 on CPU), channels_last on GPU, fused SGD on GPU, and train.py's
                   configure_backends (TF32 on GPU); torch.compile off and on
 Each variant's backend settings are restored after it, so none leaks into the next.

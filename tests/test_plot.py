@@ -14,7 +14,7 @@ from vgg.plot import (
     plot_curves,
     write_run_curves,
 )
-from vgg.training import MetricsLog
+from vgg.run_log import MetricsLog
 
 # Four epochs of a plateau schedule that divides the lr by 10 after epoch 2: the lr each
 # epoch trained with.

@@ -9,7 +9,8 @@ import torch
 from benchmarks import steps
 from benchmarks import train_throughput as benchmark
 from vgg import build_vgg
-from vgg.training import build_optimizer, train_step
+from vgg.engine import train_step
+from vgg.optim import build_optimizer
 
 
 def test_our_fp32_step_matches_the_reference_step():

@@ -98,12 +98,3 @@ def all_gather_object(obj) -> list:
     dist.all_gather_object(out, obj)
     return out
 
-
-def __getattr__(name: str):
-    """The samplers moved to vgg.data.sampling; vgg/data/loading.py, gpu.py, resident.py and
-    evaluate.py still import them from here until their owners switch (then this goes).
-    Lazy, because vgg.data.sampling imports this module."""
-    if name in ("ShardSampler", "ResumableSampler"):
-        from vgg.data import sampling
-        return getattr(sampling, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

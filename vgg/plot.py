@@ -22,7 +22,7 @@ import numpy as np
 
 from vgg.atomic import replace_atomically
 from vgg.errors import UserError, run_cli
-from vgg.training import MetricsLog
+from vgg.run_log import MetricsLog
 
 METRICS_FILES = ("metrics.jsonl", "metrics.csv")
 CURVES_FILE = "curves.png"

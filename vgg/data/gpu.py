@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.io import ImageReadMode
 
-from vgg.distributed import ResumableSampler
+from vgg.data.sampling import ResumableSampler
 from vgg.errors import UserError
 from vgg.transforms import (
     COLOR_SHIFT_STD,

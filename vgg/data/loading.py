@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from vgg.distributed import ShardSampler
+from vgg.data.sampling import ShardSampler
 
 
 class EpochLoader(DataLoader):

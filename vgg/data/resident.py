@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vgg.data.gpu import BatchTrainTransform, generator_seed
-from vgg.distributed import ResumableSampler
+from vgg.data.sampling import ResumableSampler
 from vgg.errors import UserError
 
 
