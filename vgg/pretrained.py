@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from vgg.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from vgg.errors import UserError
 from vgg.model import DOWNSAMPLING, TORCHVISION_NAMES, VERSIONS, VGG, build_vgg
 from vgg.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -197,6 +198,29 @@ def model_args_of_state(state: dict[str, torch.Tensor], source: str) -> dict[str
                 return {"version": version, "batch_norm": batch_norm, **args}
     raise CheckpointError(f"{source}'s conv layers match none of Table 1's configurations "
                           f"{', '.join(VERSIONS)} (with or without BatchNorm)")
+
+
+def preprocessing_of(weights: PretrainedWeights) -> dict[str, Any]:
+    """How the weights' inputs were prepared (the checkpoint's ``"preprocessing"`` dict). A
+    checkpoint written before it was recorded gets it rebuilt from its dataset's spec and
+    config, with numbered classes (the class names were not recorded)."""
+    if weights.preprocessing is not None:
+        return weights.preprocessing
+    import dataset_class
+
+    name = weights.config.get("dataset")
+    try:
+        spec = dataset_class.dataset_spec(name, weights.config.get("data_root"))
+    except (ValueError, AttributeError, UserError) as error:
+        raise CheckpointError(
+            f"{weights.source} predates recorded preprocessing, so its normalisation comes "
+            f"from its dataset ({name}), which is unavailable: {error}") from None
+    image_size = weights.model_args["image_size"]
+    train_scale = weights.config.get("train_scale") or spec.train_scale_at(image_size)
+    return {"dataset": spec.name,
+            "classes": [str(i) for i in range(weights.model_args["num_classes"])],
+            "in_channels": spec.in_channels, "image_size": image_size, "mean": list(spec.mean),
+            "std": list(spec.std), "train_scale": list(train_scale), "resize": "bilinear"}
 
 
 def describe_architecture(model_args: dict[str, Any]) -> str:
