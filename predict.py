@@ -185,8 +185,10 @@ def write_results(path: Path, rows: list[dict[str, Any]], unreadable: list[str],
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
-        raise PredictError("--top_k and --batch_size must be positive, --workers not negative")
+    for flag, value, least in (("--top_k", args.top_k, 1), ("--batch_size", args.batch_size, 1),
+                               ("--workers", args.workers, 0)):
+        if value < least:
+            raise PredictError(f"{flag} must be at least {least}, got {value}")
     if args.out is not None and args.out.suffix.lower() not in OUTPUT_FORMATS:
         raise PredictError(f"--out {args.out}: name a .csv or .json file")
     files, folder_given = find_images(args.inputs)

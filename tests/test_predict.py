@@ -178,6 +178,7 @@ def test_newest_run_is_the_default(run_dir, tmp_path, monkeypatch, capsys):
     (["{photos}", "--checkpoint", "nowhere.pt"], "no file or run directory nowhere.pt"),
     (["{photos}", "--scale", "16"], "--scale 16 is below the network's image size 32"),
     (["{empty}"], "no image files"),
+    (["{photos}", "--top_k", "0"], "--top_k must be at least 1, got 0"),
 ])
 def test_bad_input_is_a_clear_error(run_dir, tmp_path, capsys, argv, message):
     run, _ = run_dir

@@ -16,6 +16,7 @@ import torchvision
 import dataset_class
 from tests.fakedata import write_image_folder
 from vgg.checkpoint import CheckpointError, save_checkpoint
+from vgg.configuration import ConfigError
 from vgg.model import build_vgg
 from vgg.pretrained import (
     freeze,
@@ -207,7 +208,7 @@ def test_freeze_features_holds_conv_and_batch_norm_still(tmp_path):
     freeze(model, report, "pretrained")
     assert not model.classifier[0].weight.requires_grad
     assert model.classifier[6].weight.requires_grad  # new layers always train
-    with pytest.raises(CheckpointError, match="--freeze"):
+    with pytest.raises(ConfigError, match="--freeze"):
         freeze(model, report, "everything")
 
 

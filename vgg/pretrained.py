@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from vgg.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from vgg.configuration import ConfigError
 from vgg.errors import UserError
 from vgg.model import DOWNSAMPLING, TORCHVISION_NAMES, VERSIONS, VGG, build_vgg
 from vgg.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -362,7 +363,7 @@ def freeze(model: VGG, report: TransferReport, part: str) -> list[str]:
     parameters get ``requires_grad=False``, which the optimizer's parameter groups skip;
     their BatchNorm layers stay in eval mode. Returns the frozen parameters' names."""
     if part not in FREEZE_CHOICES:
-        raise CheckpointError(f"--freeze takes one of {', '.join(FREEZE_CHOICES)}, got {part!r}")
+        raise ConfigError(f"--freeze takes one of {', '.join(FREEZE_CHOICES)}, got {part!r}")
     if part == "none":
         return []
     modules = [m for m in report.pretrained_modules
@@ -388,14 +389,15 @@ def scale_pretrained_lr(groups: Sequence[dict[str, Any]], pretrained: Collection
     """Optimizer parameter groups (as ``vgg.training.param_groups`` makes them) with each
     group split into its pretrained and its new parameters: the pretrained part trains at
     ``multiplier * lr`` (``lr_scale`` records the multiplier, for the schedule and resume),
-    the new part at ``lr``. Empty parts are dropped."""
+    the new part at ``lr``, first (the schedule reports the first group's rate). Empty parts
+    are dropped."""
     if multiplier <= 0:
-        raise CheckpointError(f"--pretrained_lr_multiplier must be positive, got {multiplier} "
-                              "(use --freeze to hold layers still)")
+        raise ConfigError(f"--pretrained_lr_multiplier must be positive, got {multiplier} "
+                          "(use --freeze to hold layers still)")
     pretrained_ids = {id(p) for p in pretrained}
     split = []
     for group in groups:
-        for is_pretrained, scale in ((True, multiplier), (False, 1.0)):
+        for is_pretrained, scale in ((False, 1.0), (True, multiplier)):
             params = [p for p in group["params"] if (id(p) in pretrained_ids) == is_pretrained]
             if params:
                 name = group.get("name", "group") + ("_pretrained" if is_pretrained else "")
