@@ -151,6 +151,17 @@ def test_non_finite_layers_are_not_loaded(tmp_path):
     assert "classifier.3" in report.loaded
 
 
+def test_other_state_dicts_are_clear_errors(tmp_path):
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet.pth")
+    with pytest.raises(CheckpointError, match="not a VGG state dict"):
+        read_weights(tmp_path / "resnet.pth")
+    path, _ = small_network_file(tmp_path, **{"classifier.0.weight": torch.zeros(32, 1000)})
+    with pytest.raises(CheckpointError, match="FC1 takes 1000 features"):
+        read_weights(path)
+    with pytest.raises(CheckpointError, match="no file or run directory"):
+        read_weights(tmp_path / "missing.pth")
+
+
 # ------------------------------------------------------------------ torchvision weight names
 
 

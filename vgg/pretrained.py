@@ -187,6 +187,9 @@ def model_args_of_state(state: dict[str, torch.Tensor], source: str) -> dict[str
     except KeyError as missing:
         raise CheckpointError(f"{source} is not a VGG state dict (no {missing} tensor)") from None
     side = math.isqrt(fc1.shape[1] // 512)
+    if side == 0 or 512 * side * side != fc1.shape[1]:
+        raise CheckpointError(f"{source}'s FC1 takes {fc1.shape[1]} features, not a 512 x side x "
+                              "side feature map of a VGG")
     args = {"num_classes": scores.shape[0], "in_channels": first_conv.shape[1],
             "image_size": side * DOWNSAMPLING, "fc_width": fc1.shape[0]}
     features = {k: tuple(v.shape) for k, v in state.items() if k.startswith("features.")}
