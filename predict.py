@@ -1,0 +1,240 @@
+"""Classify your own images with a trained VGG: class names and probabilities per image.
+
+    python predict.py photos/                            # the newest runs/<run>/best.pt
+    python predict.py cat.jpg dog.png --checkpoint runs/my-run --top_k 3 --out results.csv
+    python predict.py photos/ --checkpoint vgg16-397923af.pth --protocol dense --out out.json
+    python predict.py photo.jpg --checkpoint VGG16_Weights.IMAGENET1K_V1   # torchvision's
+
+Images are prepared as the network's training images were, from what the checkpoint
+records (class names, mean/std, image size, training scale S, resampling): rescaled to the
+single test scale Q of Sec. 3.2 (S, or the middle of a jittered range), then the centre
+crop (``--protocol center``) or the whole image through the fully-convolutional net
+(``dense``). Torchvision's weights are prepared as torchvision's reference pipeline does
+(ImageNet mean/std, PIL's antialiased resize to 256, 224 crop). Folders are searched
+recursively for image files. Unreadable files are listed at the end, never fatal. Flags
+are ``--key value``; booleans take ``true`` or ``false``. Bad input exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import dataset_class
+from vgg.atomic import replace_atomically
+from vgg.configuration import coerce
+from vgg.errors import UserError, run_cli
+from vgg.evaluation import PROTOCOLS, Evaluator
+from vgg.pretrained import model_from_weights, newest_run, preprocessing_of, read_weights
+from vgg.transforms import EvalTransform, single_test_scale
+
+OUTPUT_FORMATS = (".csv", ".json")
+
+
+class PredictError(UserError, ValueError):
+    """Input that cannot be predicted on; printed as a one-paragraph error, exit 2."""
+
+
+def boolean(text: str) -> bool:
+    return coerce("flag", text, bool, from_text=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="predict.py", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
+                        help="image files, and folders searched recursively for images")
+    parser.add_argument("--checkpoint", metavar="RUN_OR_FILE",
+                        help="a run directory (its best.pt), a checkpoint, a torchvision VGG "
+                             "state dict file or weights name (default: the newest "
+                             "runs/<run>/best.pt)")
+    parser.add_argument("--top_k", type=int, default=5, help="classes listed per image")
+    parser.add_argument("--protocol", default="center", choices=PROTOCOLS,
+                        help="centre crop, or the whole image densely (Sec. 3.2)")
+    parser.add_argument("--scale", type=int, metavar="Q",
+                        help="test scale Q, the rescaled smallest side (default: Sec. 3.2's "
+                             "single Q for the recorded training scale)")
+    parser.add_argument("--flip", type=boolean, metavar="BOOL",
+                        help="dense/multicrop: also average the mirror image (default: true "
+                             "unless the training data is never flipped, e.g. digits)")
+    parser.add_argument("--out", type=Path, metavar="FILE.csv|FILE.json",
+                        help="also write the predictions (and the unreadable files) there")
+    parser.add_argument("--batch_size", type=int, default=32,
+                        help="network inputs (crops of the network's image size) per pass")
+    parser.add_argument("--workers", type=int, default=0, help="image-decoding processes")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--progress", type=boolean, default=True, metavar="BOOL",
+                        help="a progress bar when a folder is given")
+    return parser
+
+
+def find_images(inputs: Sequence[str]) -> tuple[list[Path], bool]:
+    """The files named and the image files under the folders named (sorted), and whether
+    any folder was given."""
+    files: list[Path] = []
+    folder_given = False
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            folder_given = True
+            files += sorted(p for p in path.rglob("*") if p.is_file()
+                            and p.suffix.lower() in dataset_class.IMAGE_EXTENSIONS)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise PredictError(f"{text} is neither an image file nor a folder")
+    if not files:
+        raise PredictError(f"no image files ({', '.join(dataset_class.IMAGE_EXTENSIONS)}) in "
+                           f"{', '.join(inputs)}")
+    return files, folder_given
+
+
+class ImageFiles(Dataset):
+    """(the image at the test scale as a 1-tuple, or None when it cannot be decoded; index)."""
+
+    def __init__(self, files: Sequence[Path], transform: EvalTransform, in_channels: int):
+        self.files, self.transform = list(files), transform
+        self.read_mode = cv2.IMREAD_GRAYSCALE if in_channels == 1 else cv2.IMREAD_COLOR_RGB
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor] | None, int]:
+        image = cv2.imread(str(self.files[index]), self.read_mode)
+        return (None if image is None else (self.transform(image),)), index
+
+
+def as_list(batch: list) -> list:
+    return batch
+
+
+def flips_by_default(preprocessing: dict[str, Any]) -> bool:
+    """Whether the training data was flipped (digits are not): its registered spec says."""
+    name = preprocessing.get("dataset")
+    try:
+        return dataset_class.dataset_spec(name).hflip if name else True
+    except ValueError:  # unknown here, or defined by its files (ImageFolder: flipped)
+        return True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PredictError(f"--device {name} was asked for but no CUDA GPU is available; "
+                           "use --device cpu")
+    return torch.device(name)
+
+
+def predict(evaluator: Evaluator, loader: DataLoader, classes: Sequence[str], top_k: int,
+            progress: bool) -> tuple[list[dict[str, Any]], list[int]]:
+    """Per readable image its index and top-k classes; the indices of unreadable ones."""
+    predictions, unreadable = [], []
+    with tqdm(total=len(loader.dataset), disable=not progress, unit="img",
+              dynamic_ncols=True) as bar:
+        for batch in loader:
+            unreadable += [index for images, index in batch if images is None]
+            readable = [(images, index) for images, index in batch if images is not None]
+            if readable:
+                posteriors = evaluator.posteriors([images for images, _ in readable])
+                probabilities, labels = posteriors.topk(min(top_k, len(classes)), dim=1)
+                for (_, index), p, k in zip(readable, probabilities.tolist(), labels.tolist(),
+                                            strict=True):
+                    predictions.append({"index": index, "top_k": [
+                        {"class": classes[c], "probability": q} for c, q in zip(k, p,
+                                                                                strict=True)]})
+            bar.update(len(batch))
+    return predictions, unreadable
+
+
+def write_results(path: Path, rows: list[dict[str, Any]], unreadable: list[str],
+                  about: dict[str, Any]) -> None:
+    """CSV: one row per image (file, class_1, probability_1, ...; unreadable files with
+    ``error``); JSON: ``about`` (checkpoint, protocol, Q), the predictions and the
+    unreadable files. Written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".json":
+        with replace_atomically(path) as f:
+            f.write(json.dumps({**about, "predictions": rows, "unreadable": unreadable},
+                               indent=2) + "\n")
+        return
+    k = max((len(row["top_k"]) for row in rows), default=0)
+    header = ["file"] + [f"{what}_{i}" for i in range(1, k + 1)
+                         for what in ("class", "probability")] + ["error"]
+    with replace_atomically(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for row in rows:
+            cells = [value for top in row["top_k"] for value in (top["class"],
+                                                                 f"{top['probability']:.6f}")]
+            writer.writerow([row["file"], *cells, *[""] * (2 * k - len(cells)), ""])
+        for file in unreadable:
+            writer.writerow([file, *[""] * (2 * k), "unreadable"])
+
+
+def run(args: argparse.Namespace) -> int:
+    for flag, value, least in (("--top_k", args.top_k, 1), ("--batch_size", args.batch_size, 1),
+                               ("--workers", args.workers, 0)):
+        if value < least:
+            raise PredictError(f"{flag} must be at least {least}, got {value}")
+    if args.out is not None and args.out.suffix.lower() not in OUTPUT_FORMATS:
+        raise PredictError(f"--out {args.out}: name a .csv or .json file")
+    files, folder_given = find_images(args.inputs)
+    source = args.checkpoint or newest_run()
+    weights = read_weights(source)
+    preprocessing = preprocessing_of(weights)
+    model = model_from_weights(weights)
+    classes = preprocessing["classes"]
+    scale = args.scale or single_test_scale(tuple(preprocessing["train_scale"]))
+    if scale < model.image_size:
+        raise PredictError(f"--scale {scale} is below the network's image size "
+                           f"{model.image_size}: the rescaled smallest side must hold a crop")
+    transform = EvalTransform(scale, None, preprocessing["mean"], preprocessing["std"],
+                              antialias=preprocessing["resize"] == "antialias")
+    flip = flips_by_default(preprocessing) if args.flip is None else args.flip
+    evaluator = Evaluator([model], args.protocol, device=resolve_device(args.device),
+                          precision=args.precision, batch_size=args.batch_size, flip=flip)
+    images_per_pass = max(1, int(args.batch_size // evaluator.inputs_per_image([scale])))
+    loader = DataLoader(ImageFiles(files, transform, model.features[0].in_channels),
+                        batch_size=images_per_pass, num_workers=args.workers,
+                        collate_fn=as_list)
+    print(f"{len(files)} image(s), network {weights.source}, {args.protocol} at Q={scale}",
+          file=sys.stderr)
+    predictions, unreadable_indices = predict(evaluator, loader, classes, args.top_k,
+                                              progress=args.progress and folder_given)
+    rows = [{"file": str(files[p["index"]]), "top_k": p["top_k"]} for p in predictions]
+    unreadable = [str(files[i]) for i in unreadable_indices]
+    for row in rows:
+        print(f"{row['file']}: " + ", ".join(f"{top['class']} {top['probability']:.1%}"
+                                             for top in row["top_k"]))
+    if unreadable:
+        print(f"could not read {len(unreadable)} file(s): " + ", ".join(unreadable),
+              file=sys.stderr)
+    if args.out is not None:
+        write_results(args.out, rows, unreadable, {
+            "checkpoint": weights.source, "protocol": args.protocol, "scale": scale,
+            "flip": flip, "preprocessing": {k: v for k, v in preprocessing.items()
+                                            if k != "classes"}})
+        print(f"predictions: {args.out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: run(args), "predict.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

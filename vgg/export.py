@@ -1,0 +1,186 @@
+"""Exporting a trained network for use outside this toolkit, each format verified against
+the original network's outputs on a random batch before it is written (atomically).
+
+    python -m vgg.export runs/my-run                  # its best.pt, into runs/my-run/export/
+    python -m vgg.export runs/my-run/last.pt --out exported/
+
+- ``<stem>_weights.pth``: the weights alone, a state dict with torchvision's keys (no
+  optimizer state: about half a training checkpoint). At 224px, FC width 4096 and RGB
+  input it loads into ``torchvision.models.vgg16(num_classes=N)`` (vgg11/13/19, ``_bn``)
+  with ``strict=True``, which the export checks too; any size loads back with
+  ``--init_from``/``--checkpoint`` of this toolkit.
+- ``<stem>.pt2``: a ``torch.export`` program of the network in eval mode, any batch size:
+  ``torch.export.load(path).module()(images)`` needs no code of this toolkit.
+- ``<stem>.onnx``: when the ``onnx`` and ``onnxscript`` packages are installed (otherwise
+  skipped with a note); verified with onnxruntime when installed, else with onnx's
+  reference evaluator.
+
+Every format gives class scores (logits) for inputs prepared as the checkpoint's
+``"preprocessing"`` records (``predict.py`` does that preparation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from vgg.atomic import replace_atomically
+from vgg.errors import UserError, run_cli
+from vgg.model import TORCHVISION_NAMES, VGG, build_vgg
+from vgg.pretrained import model_from_weights, read_weights, run_checkpoint
+
+EXAMPLE_BATCH = 2
+# Outputs of a re-traced program differ from eager ones by float reassociation only.
+RELATIVE_TOLERANCE = 1e-4
+
+
+class ExportError(UserError, RuntimeError):
+    """An exported format that does not reproduce the network's outputs."""
+
+
+def check_outputs(what: str, got: torch.Tensor, expected: torch.Tensor) -> None:
+    scale = float(expected.abs().max()) or 1.0
+    error = float((got.float() - expected).abs().max())
+    if not error <= RELATIVE_TOLERANCE * scale:  # also catches NaN
+        raise ExportError(f"the exported {what} does not reproduce the network: its outputs "
+                          f"differ by {error:.3g} (scores up to {scale:.3g}); nothing written")
+
+
+def torchvision_name(model_args: dict) -> str | None:
+    """torchvision's builder that takes these weights strictly, if any (its FC1 expects a
+    7x7 map: 224px input; its widths are fixed at 4096; its input is RGB)."""
+    name = TORCHVISION_NAMES.get(model_args["version"])
+    if (name is None or model_args["image_size"] != 224 or model_args["in_channels"] != 3
+            or model_args.get("fc_width", 4096) != 4096):
+        return None
+    return name + ("_bn" if model_args.get("batch_norm") else "")
+
+
+def weights_file(model: VGG, model_args: dict, x: torch.Tensor,
+                 expected: torch.Tensor) -> tuple[bytes, str]:
+    """The state dict, reloaded (weights only) into a fresh network and, where the shapes
+    allow, into torchvision's own model."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    rebuilt = build_vgg(**model_args, init=None).eval()
+    rebuilt.load_state_dict(state)
+    with torch.no_grad():
+        check_outputs("state dict", rebuilt(x), expected)
+    name = torchvision_name(model_args)
+    if name is None:
+        return buffer.getvalue(), "torchvision keys; no torchvision builder takes these shapes"
+    import torchvision
+
+    with torch.device("meta"):
+        reference = getattr(torchvision.models, name)(num_classes=model_args["num_classes"])
+    reference.load_state_dict(state, strict=True, assign=True)
+    with torch.no_grad():
+        check_outputs(f"state dict in torchvision's {name}", reference.eval()(x), expected)
+    return buffer.getvalue(), (f"loads into torchvision.models.{name}(num_classes="
+                               f"{model_args['num_classes']})")
+
+
+def exported_program(model: VGG, model_args: dict, x: torch.Tensor,
+                     expected: torch.Tensor) -> tuple[bytes, str]:
+    """torch.export with a dynamic batch dimension, saved and loaded back; checked at the
+    example batch size and at another one."""
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    loaded = torch.export.load(io.BytesIO(buffer.getvalue())).module()
+    with torch.no_grad():
+        check_outputs("torch.export program", loaded(x), expected)
+        check_outputs("torch.export program (batch of 1)", loaded(x[:1]), expected[:1])
+    return buffer.getvalue(), "torch.export.load(path).module(); any batch size"
+
+
+def onnx_file(model: VGG, model_args: dict, x: torch.Tensor,
+              expected: torch.Tensor) -> tuple[bytes | None, str]:
+    missing = [p for p in ("onnx", "onnxscript") if importlib.util.find_spec(p) is None]
+    if missing:
+        return None, f"skipped: pip install {' '.join(missing)} to export ONNX"
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(model, (x,), input_names=["images"], output_names=["scores"],
+                                dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+    data = program.model_proto.SerializeToString()
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+        run, checker = (lambda a: session.run(None, {"images": a})[0]), "onnxruntime"
+    else:
+        from onnx.reference import ReferenceEvaluator
+
+        evaluator = ReferenceEvaluator(onnx.load_model_from_string(data))
+        run, checker = (lambda a: evaluator.run(None, {"images": a})[0]), "onnx's reference"
+    check_outputs(f"ONNX model ({checker})", torch.from_numpy(run(x.numpy())), expected)
+    return data, f"input 'images', output 'scores'; verified with {checker}"
+
+
+FORMATS: dict[str, Callable[..., tuple[bytes | None, str]]] = {
+    "_weights.pth": weights_file, ".pt2": exported_program, ".onnx": onnx_file}
+
+
+def export(source: str, out_dir: Path | None = None) -> list[tuple[Path | None, str]]:
+    """Export the network of ``source`` (run directory, checkpoint, weights file or name) in
+    every format; returns (path written, or None when skipped; a note) per format."""
+    path = Path(source)
+    if path.is_dir():
+        path = run_checkpoint(path)
+    weights = read_weights(path if path.is_file() else source)
+    model = model_from_weights(weights).eval()
+    out_dir = out_dir or (path.parent / "export" if path.is_file() else Path("export"))
+    stem = path.stem if path.is_file() else str(source)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(EXAMPLE_BATCH, weights.model_args["in_channels"], model.image_size,
+                    model.image_size, generator=generator)
+    with torch.no_grad():
+        expected = model(x)
+    if not torch.isfinite(expected).all():
+        raise ExportError(f"{weights.source} gives non-finite scores (a diverged run?): "
+                          "nothing exported")
+    written = []
+    for suffix, make in FORMATS.items():
+        data, note = make(model, weights.model_args, x, expected)
+        if data is None:
+            written.append((None, note))
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with replace_atomically(out_dir / f"{stem}{suffix}", "wb") as f:
+            f.write(data)
+        written.append((out_dir / f"{stem}{suffix}", note))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vgg.export",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", metavar="RUN_OR_FILE",
+                        help="a run directory (its best.pt), a checkpoint or a weights file")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="output folder (default: export/ beside the checkpoint)")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        for path, note in export(args.source, args.out):
+            if path is None:
+                print(f"onnx: {note}")
+            else:
+                print(f"{path} ({path.stat().st_size / 2**20:.1f} MiB): {note}")
+        return 0
+
+    return run_cli(run, "python -m vgg.export")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

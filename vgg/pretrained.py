@@ -1,0 +1,409 @@
+"""Pretrained VGG weights: reading them from wherever they are, and starting a network for
+another task from them (fine-tuning).
+
+Where weights come from (:func:`read_weights`):
+
+- a checkpoint of this toolkit, or a run directory (its ``best.pt``);
+- a torchvision VGG state dict file (``vgg16-397923af.pth``, ``vgg11_bn-8a719046.pth``, any
+  bare state dict with torchvision's keys, such as ``python -m vgg.export`` writes);
+- a torchvision weights name (``VGG16_Weights.IMAGENET1K_V1``, any VGG weights enum), loaded
+  through torchvision's own download-and-cache, ``torch.hub.get_dir()/checkpoints/``. Once
+  the file is there (downloaded, or copied in by hand on an offline machine) it loads offline.
+
+Everything is read with ``torch.load(weights_only=True)``.
+
+What a network for another task takes from them (:func:`load_pretrained`): every layer
+whose shape fits. The conv layers always fit (the architecture must be the same: config
+and BatchNorm); the rest follows the network the user asked for:
+
+- another class count: the class-score layer (``classifier.6``) keeps its random
+  initialisation;
+- 1-channel data: the first conv's weights are summed over the RGB input channels, so a
+  grey image gives the response the RGB weights give to the same image in grey;
+- another image size than the weights' 224 (``--image_size``): FC1 takes a feature map of
+  another size and keeps its random initialisation (the small-input head); train at 224 to
+  keep FC1 as well. Another ``--fc_width`` likewise renews FC1 and FC2.
+
+The :class:`TransferReport` says what was loaded, adapted and left new, for the trainer to
+print. :func:`freeze` and :func:`scale_pretrained_lr` are fine-tuning's two usual ways of
+sparing the pretrained layers: frozen, or a lower learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from vgg.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from vgg.configuration import ConfigError
+from vgg.errors import UserError
+from vgg.model import DOWNSAMPLING, TORCHVISION_NAMES, VERSIONS, VGG, build_vgg
+from vgg.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+# What `--freeze` may hold still: nothing, the pretrained conv layers, or every layer that
+# was loaded (leaving only the new ones, e.g. the class-score layer, to train).
+FREEZE_CHOICES = ("none", "features", "pretrained")
+WEIGHTS_NAME = re.compile(r"\w+_Weights\.\w+")
+# Torchvision's VGGs were trained on 256-pixel resizes, centre-cropped to 224 at test time.
+TORCHVISION_TRAIN_SCALE = (256, 256)
+
+
+@dataclass
+class PretrainedWeights:
+    """A state dict with what is known about it: the :func:`vgg.model.build_vgg` arguments
+    that rebuild its network, and the preprocessing its inputs had (the checkpoint's
+    ``"preprocessing"`` dict), None where the weights do not record it."""
+    state: dict[str, torch.Tensor]
+    source: str
+    model_args: dict[str, Any]
+    preprocessing: dict[str, Any] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def vgg_weights_names() -> list[str]:
+    """Every torchvision VGG weights name, e.g. ``VGG16_Weights.IMAGENET1K_V1``."""
+    import torchvision
+
+    names = []
+    for base in TORCHVISION_NAMES.values():
+        for model_name in (base, base + "_bn"):
+            enum = torchvision.models.get_model_weights(model_name)
+            names += [f"{enum.__name__}.{member}" for member in enum.__members__
+                      if member != "DEFAULT"]
+    return names
+
+
+def run_checkpoint(run_dir: Path) -> Path:
+    """A run directory's best checkpoint (best.pt; last.pt before a first validation)."""
+    for name in ("best.pt", "last.pt"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise CheckpointError(f"{run_dir} holds no best.pt or last.pt: not a finished run directory")
+
+
+def newest_run(runs: Path = Path("runs")) -> Path:
+    """The best.pt of the most recently written run under ``runs``."""
+    found = sorted(runs.glob("*/best.pt"), key=lambda path: path.stat().st_mtime)
+    if not found:
+        raise CheckpointError(f"no {runs}/<run>/best.pt found: train one (python train.py ...) "
+                              "or pass --checkpoint RUN_DIR_OR_FILE")
+    return found[-1]
+
+
+def read_weights(source: str | os.PathLike) -> PretrainedWeights:
+    """The weights that ``source`` names: a run directory, a checkpoint or torchvision state
+    dict file, or a torchvision weights name (see the module docstring)."""
+    path = Path(source)
+    if path.is_dir():
+        path = run_checkpoint(path)
+    if path.is_file():
+        return weights_from_file(path)
+    if WEIGHTS_NAME.fullmatch(str(source)):
+        return torchvision_weights(str(source))
+    raise CheckpointError(
+        f"no file or run directory {source}: pretrained weights are a checkpoint of this "
+        "toolkit (or its run directory), a torchvision VGG state dict file such as "
+        "vgg16-397923af.pth, or a torchvision weights name such as VGG16_Weights.IMAGENET1K_V1")
+
+
+def weights_from_file(path: Path) -> PretrainedWeights:
+    loaded = load_checkpoint(path)
+    if isinstance(loaded, dict) and "model" in loaded and "model_args" in loaded:
+        return PretrainedWeights(loaded["model"], str(path), dict(loaded["model_args"]),
+                                 loaded.get("preprocessing"), dict(loaded.get("config") or {}))
+    if isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        model_args = model_args_of_state(loaded, str(path))
+        return PretrainedWeights(loaded, str(path), model_args,
+                                 torchvision_preprocessing(model_args["num_classes"]))
+    raise CheckpointError(f"{path} is neither a checkpoint of this toolkit (no 'model' and "
+                          "'model_args') nor a state dict of tensors")
+
+
+def torchvision_weights(name: str) -> PretrainedWeights:
+    """Torchvision's weights by enum name, through its download-and-cache: offline, the
+    file must already be in the cache folder that the error names."""
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_weight(name)
+    except (KeyError, ValueError):
+        weights = None
+    if weights is None or not type(weights).__name__.startswith("VGG"):
+        raise CheckpointError(f"{name} is not a torchvision VGG weights name; choose one of "
+                              f"{', '.join(vgg_weights_names())}")
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    was_cached = cached.is_file()
+    try:
+        state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True,
+                                       map_location="cpu")
+    except Exception as error:  # offline (URLError), a bad hash or file (RuntimeError), ...
+        if was_cached:
+            raise CheckpointError(
+                f"{cached}, torchvision's cached copy of {name}, is unreadable "
+                f"({type(error).__name__}: {error}): delete it to download it again, or "
+                f"replace it with a good copy of {weights.url}") from None
+        raise CheckpointError(
+            f"{name} is not in torchvision's cache and could not be downloaded "
+            f"({type(error).__name__}: {error}). On an offline machine, download "
+            f"{weights.url} elsewhere and put it at {cached} (the folder is "
+            "torch.hub.get_dir()/checkpoints; TORCH_HOME moves it)") from None
+    transform = weights.transforms()
+    model_args = model_args_of_state(state, name)
+    preprocessing = torchvision_preprocessing(model_args["num_classes"])
+    preprocessing |= {"classes": list(weights.meta["categories"]),
+                      "mean": list(transform.mean), "std": list(transform.std)}
+    return PretrainedWeights(state, f"{name} ({cached})", model_args, preprocessing)
+
+
+def torchvision_preprocessing(num_classes: int) -> dict[str, Any]:
+    """What torchvision's ImageNet weights expect: ImageNet's mean/std, PIL's antialiased
+    resize to 256, the 224 centre crop; class names when the weights have ImageNet's 1000."""
+    import torchvision
+
+    categories = torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"]
+    imagenet = num_classes == len(categories)
+    return {"dataset": "ImageNet" if imagenet else None,
+            "classes": list(categories) if imagenet else [str(i) for i in range(num_classes)],
+            "in_channels": 3, "image_size": 224, "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD), "train_scale": list(TORCHVISION_TRAIN_SCALE),
+            "resize": "antialias"}
+
+
+def model_args_of_state(state: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
+    """The :func:`vgg.model.build_vgg` arguments of a bare state dict with torchvision's
+    keys: config and BatchNorm from the conv layers, the rest from the tensors' shapes."""
+    try:
+        first_conv, fc1 = state["features.0.weight"], state["classifier.0.weight"]
+        scores = state["classifier.6.weight"]
+    except KeyError as missing:
+        raise CheckpointError(f"{source} is not a VGG state dict (no {missing} tensor)") from None
+    side = math.isqrt(fc1.shape[1] // 512)
+    if side == 0 or 512 * side * side != fc1.shape[1]:
+        raise CheckpointError(f"{source}'s FC1 takes {fc1.shape[1]} features, not a 512 x side x "
+                              "side feature map of a VGG")
+    args = {"num_classes": scores.shape[0], "in_channels": first_conv.shape[1],
+            "image_size": side * DOWNSAMPLING, "fc_width": fc1.shape[0]}
+    features = {k: tuple(v.shape) for k, v in state.items() if k.startswith("features.")}
+    for version in VERSIONS:
+        for batch_norm in (False, True):
+            with torch.device("meta"):
+                reference = build_vgg(version, batch_norm=batch_norm, init=None, **args)
+            if features == {k: tuple(v.shape) for k, v in reference.state_dict().items()
+                            if k.startswith("features.")}:
+                return {"version": version, "batch_norm": batch_norm, **args}
+    raise CheckpointError(f"{source}'s conv layers match none of Table 1's configurations "
+                          f"{', '.join(VERSIONS)} (with or without BatchNorm)")
+
+
+def preprocessing_of(weights: PretrainedWeights) -> dict[str, Any]:
+    """How the weights' inputs were prepared (the checkpoint's ``"preprocessing"`` dict). A
+    checkpoint written before it was recorded gets it rebuilt from its dataset's spec and
+    config, with numbered classes (the class names were not recorded)."""
+    if weights.preprocessing is not None:
+        return weights.preprocessing
+    import dataset_class
+
+    name = weights.config.get("dataset")
+    try:
+        spec = dataset_class.dataset_spec(name, weights.config.get("data_root"))
+    except (ValueError, AttributeError, UserError) as error:
+        raise CheckpointError(
+            f"{weights.source} predates recorded preprocessing, so its normalisation comes "
+            f"from its dataset ({name}), which is unavailable: {error}") from None
+    image_size = weights.model_args["image_size"]
+    train_scale = weights.config.get("train_scale") or spec.train_scale_at(image_size)
+    return {"dataset": spec.name,
+            "classes": [str(i) for i in range(weights.model_args["num_classes"])],
+            "in_channels": spec.in_channels, "image_size": image_size, "mean": list(spec.mean),
+            "std": list(spec.std), "train_scale": list(train_scale), "resize": "bilinear"}
+
+
+def describe_architecture(model_args: dict[str, Any]) -> str:
+    version = model_args["version"]
+    torchvision_name = TORCHVISION_NAMES.get(version)
+    if torchvision_name and model_args.get("batch_norm"):
+        torchvision_name += "_bn"
+    return (f"config {version} {'with' if model_args.get('batch_norm') else 'without'} "
+            f"BatchNorm" + (f" (torchvision's {torchvision_name})" if torchvision_name else ""))
+
+
+def model_from_weights(weights: PretrainedWeights) -> VGG:
+    """The network the weights were trained as, loaded strictly (prediction, export)."""
+    model = build_vgg(**weights.model_args, init=None)
+    load_model_state(model, weights.state, weights.source)
+    return model
+
+
+# ------------------------------------------------------------------------ transfer
+
+
+@dataclass
+class TransferReport:
+    """Which modules of the network (``features.0``, ``classifier.6``, ...) took the
+    pretrained weights as they were, which were adapted, and which keep their random
+    initialisation, each with the reason."""
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    adapted: dict[str, str] = field(default_factory=dict)
+    new: dict[str, str] = field(default_factory=dict)
+    # The normalisation the weights were trained with (mean, std), where known: fine-tuning
+    # should feed its images the same way.
+    normalization: tuple[list[float], list[float]] | None = None
+
+    @property
+    def pretrained_modules(self) -> list[str]:
+        return self.loaded + list(self.adapted)
+
+    def __str__(self) -> str:
+        features = [m for m in self.loaded if m.startswith("features.")]
+        others = [m for m in self.loaded if m not in features]
+        lines = [f"pretrained weights from {self.source}: loaded {len(features)} layers of "
+                 f"features (conv, BatchNorm){''.join(', ' + m for m in others)}"]
+        lines += [f"  adapted {name}: {why}" for name, why in self.adapted.items()]
+        lines += [f"  new (random init) {name}: {why}" for name, why in self.new.items()]
+        return "\n".join(lines)
+
+
+def modules_of(state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """State-dict keys grouped by the module that owns them, in order."""
+    modules: dict[str, list[str]] = {}
+    for key in state:
+        modules.setdefault(key.rsplit(".", 1)[0], []).append(key)
+    return modules
+
+
+def why_new(module: str, own: torch.Size, theirs: torch.Size, image_size: int,
+            source_image_size: int) -> str:
+    """Why a classifier layer of another shape cannot take the pretrained weights."""
+    if module == "classifier.6" and own[0] != theirs[0]:
+        return f"{own[0]} classes here, {theirs[0]} in the weights"
+    if module == "classifier.0" and own[1] != theirs[1]:
+        return (f"this network's {image_size}px inputs give FC1 {own[1]} features, the "
+                f"weights' {source_image_size}px {theirs[1]} (--image_size "
+                f"{source_image_size} keeps FC1)")
+    return f"shape {tuple(own)} here, {tuple(theirs)} in the weights (another --fc_width)"
+
+
+def load_pretrained(model: VGG, weights: PretrainedWeights) -> TransferReport:
+    """Copy every layer of ``weights`` that fits ``model`` (see the module docstring) and
+    report what was loaded, adapted and left new. Raises CheckpointError when the conv
+    layers are of another architecture."""
+    source_args = weights.model_args
+    own_state = model.state_dict()
+    features = [k for k in own_state if k.startswith("features.")]
+    arch_differs = ({k for k in weights.state if k.startswith("features.")} != set(features)
+                    or any(weights.state[k].shape != own_state[k].shape for k in features
+                           if k != "features.0.weight")
+                    or weights.state["features.0.weight"].shape[0]
+                    != own_state["features.0.weight"].shape[0])
+    if arch_differs:
+        raise CheckpointError(
+            f"{weights.source} holds {describe_architecture(source_args)}, whose conv layers "
+            f"this network's cannot take: build it as --model_version {source_args['version']}"
+            f" --batch_norm {str(source_args['batch_norm']).lower()}")
+    preprocessing = weights.preprocessing or {}
+    report = TransferReport(weights.source, normalization=(
+        (list(preprocessing["mean"]), list(preprocessing["std"]))
+        if "mean" in preprocessing else None))
+    new_state = dict(own_state)
+    for module, keys in modules_of(own_state).items():
+        theirs = {k: weights.state[k] for k in keys if k in weights.state}
+        if len(theirs) < len(keys):
+            report.new[module] = "absent from the weights"
+        elif not all(bool(torch.isfinite(v).all()) for v in theirs.values()
+                     if v.is_floating_point()):
+            report.new[module] = ("the weights hold non-finite values there (torchvision's "
+                                  "IMAGENET1K_FEATURES ships no classifier)")
+        elif module == "features.0" and theirs[f"{module}.weight"].shape != own_state[
+                f"{module}.weight"].shape:
+            new_state.update(theirs)
+            new_state[f"{module}.weight"] = adapt_input_channels(
+                theirs[f"{module}.weight"], own_state[f"{module}.weight"].shape[1],
+                weights.source)
+            report.adapted[module] = "summed over the weights' RGB input channels (grey input)"
+        elif any(v.shape != own_state[k].shape for k, v in theirs.items()):
+            report.new[module] = why_new(module, own_state[f"{module}.weight"].shape,
+                                         theirs[f"{module}.weight"].shape, model.image_size,
+                                         source_args["image_size"])
+        else:
+            new_state.update(theirs)
+            report.loaded.append(module)
+    model.load_state_dict(new_state)
+    return report
+
+
+def adapt_input_channels(weight: torch.Tensor, in_channels: int, source: str) -> torch.Tensor:
+    """The first conv's RGB weights for 1-channel input: their sum over the input channels
+    (a grey image repeated as R = G = B gives exactly the RGB conv's response)."""
+    if in_channels != 1 or weight.shape[1] != 3:
+        raise CheckpointError(f"{source}'s first conv takes {weight.shape[1]} input channels, "
+                              f"this network {in_channels}: only RGB weights for 1-channel "
+                              "data are adapted (summed over RGB)")
+    return weight.sum(1, keepdim=True)
+
+
+# ------------------------------------------------------------------------ fine-tuning
+
+
+def frozen_in_eval(module: nn.Module, args: tuple) -> None:
+    """A frozen BatchNorm layer normalises with its pretrained statistics and never updates
+    them, whatever ``model.train()`` set."""
+    module.training = False
+
+
+def freeze(model: VGG, report: TransferReport, part: str) -> list[str]:
+    """Stop training part of the pretrained layers (``--freeze``): ``features`` (the
+    pretrained conv layers), ``pretrained`` (every pretrained layer) or ``none``. Their
+    parameters get ``requires_grad=False``, which the optimizer's parameter groups skip;
+    their BatchNorm layers stay in eval mode. Returns the frozen parameters' names."""
+    if part not in FREEZE_CHOICES:
+        raise ConfigError(f"--freeze takes one of {', '.join(FREEZE_CHOICES)}, got {part!r}")
+    if part == "none":
+        return []
+    modules = [m for m in report.pretrained_modules
+               if part == "pretrained" or m.startswith("features.")]
+    frozen = []
+    for name in modules:
+        module = model.get_submodule(name)
+        for param_name, param in module.named_parameters():
+            param.requires_grad_(False)
+            frozen.append(f"{name}.{param_name}")
+        if isinstance(module, nn.BatchNorm2d):
+            module.register_forward_pre_hook(frozen_in_eval)
+    return frozen
+
+
+def pretrained_parameters(model: VGG, report: TransferReport) -> list[nn.Parameter]:
+    modules = set(report.pretrained_modules)
+    return [p for name, p in model.named_parameters() if name.rsplit(".", 1)[0] in modules]
+
+
+def scale_pretrained_lr(groups: Sequence[dict[str, Any]], pretrained: Collection[nn.Parameter],
+                        multiplier: float, lr: float) -> list[dict[str, Any]]:
+    """Optimizer parameter groups (as ``vgg.training.param_groups`` makes them) with each
+    group split into its pretrained and its new parameters: the pretrained part trains at
+    ``multiplier * lr`` (``lr_scale`` records the multiplier, for the schedule and resume),
+    the new part at ``lr``, first (the schedule reports the first group's rate). Empty parts
+    are dropped."""
+    if multiplier <= 0:
+        raise ConfigError(f"--pretrained_lr_multiplier must be positive, got {multiplier} "
+                          "(use --freeze to hold layers still)")
+    pretrained_ids = {id(p) for p in pretrained}
+    split = []
+    for group in groups:
+        for is_pretrained, scale in ((False, 1.0), (True, multiplier)):
+            params = [p for p in group["params"] if (id(p) in pretrained_ids) == is_pretrained]
+            if params:
+                name = group.get("name", "group") + ("_pretrained" if is_pretrained else "")
+                split.append({**group, "params": params, "lr": lr * scale,
+                              "lr_scale": scale, "name": name})
+    return split
