@@ -16,6 +16,7 @@ from vgg.configuration import ConfigError
 from vgg.evaluation import PROTOCOLS
 from vgg.model import INITS, VERSIONS
 from vgg.precision import PRECISIONS
+from vgg.pretrained import FREEZE_CHOICES
 
 
 def _datasets() -> tuple[str, ...]:
@@ -56,7 +57,9 @@ class Config:
     init_std: float = 1e-2  # std of the normal init ("paper", and from_A's random layers)
     init_from_A: str | None = None  # trained config-A checkpoint, for init=from_A
     from_A_fixed_lr: bool = False  # copied layers keep the initial lr through every drop
-    init_from: str | None = None  # load model weights only (fine-tuning, e.g. S=384 from 256)
+    init_from: str | None = None  # weights to start from: run/checkpoint, torchvision .pth or name
+    freeze: str = choice("none", FREEZE_CHOICES)  # with init_from: pretrained layers held still
+    pretrained_lr_multiplier: float = 1.0  # with init_from: pretrained layers train at lr x this
     resume: str | None = None  # run dir or checkpoint to continue exactly where it stopped
     # --- optimisation ---
     batch_size: int = 256  # effective batch: all processes x all accumulation micro-steps
@@ -126,6 +129,13 @@ class Config:
         if (self.init == "from_A") != (self.init_from_A is not None):
             raise ConfigError("init=from_A needs init_from_A=<trained config-A checkpoint>, "
                               "and init_from_A is only used with init=from_A")
+        if self.init_from is None and (self.freeze != "none"
+                                       or self.pretrained_lr_multiplier != 1.0):
+            raise ConfigError("--freeze and --pretrained_lr_multiplier act on pretrained "
+                              "layers: give --init_from too")
+        if not self.pretrained_lr_multiplier > 0:
+            raise ConfigError("--pretrained_lr_multiplier must be positive (hold layers still "
+                              "with --freeze instead)")
         if self.init_from is not None and self.init == "from_A":
             raise ConfigError("init_from loads all weights; it cannot be combined with "
                               "init=from_A")

@@ -30,9 +30,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-import dataset_class
+import dataset_class  # noqa: F401  (a user's own registered datasets)
 from vgg.atomic import replace_atomically
 from vgg.configuration import coerce
+from vgg.data import IMAGE_EXTENSIONS, dataset_spec, decode_image
 from vgg.errors import UserError, run_cli
 from vgg.evaluation import PROTOCOLS, Evaluator
 from vgg.pretrained import model_from_weights, newest_run, preprocessing_of, read_weights
@@ -90,13 +91,13 @@ def find_images(inputs: Sequence[str]) -> tuple[list[Path], bool]:
         if path.is_dir():
             folder_given = True
             files += sorted(p for p in path.rglob("*") if p.is_file()
-                            and p.suffix.lower() in dataset_class.IMAGE_EXTENSIONS)
+                            and p.suffix.lower() in IMAGE_EXTENSIONS)
         elif path.is_file():
             files.append(path)
         else:
             raise PredictError(f"{text} is neither an image file nor a folder")
     if not files:
-        raise PredictError(f"no image files ({', '.join(dataset_class.IMAGE_EXTENSIONS)}) in "
+        raise PredictError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in "
                            f"{', '.join(inputs)}")
     return files, folder_given
 
@@ -105,15 +106,18 @@ class ImageFiles(Dataset):
     """(the image at the test scale as a 1-tuple, or None when it cannot be decoded; index)."""
 
     def __init__(self, files: Sequence[Path], transform: EvalTransform, in_channels: int):
-        self.files, self.transform = list(files), transform
-        self.read_mode = cv2.IMREAD_GRAYSCALE if in_channels == 1 else cv2.IMREAD_COLOR_RGB
+        self.files, self.transform, self.grey = list(files), transform, in_channels == 1
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor] | None, int]:
-        image = cv2.imread(str(self.files[index]), self.read_mode)
-        return (None if image is None else (self.transform(image),)), index
+        image = decode_image(str(self.files[index]))  # as training decoded: no EXIF rotation
+        if image is None:
+            return None, index
+        if self.grey:
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        return (self.transform(image),), index
 
 
 def as_list(batch: list) -> list:
@@ -124,7 +128,7 @@ def flips_by_default(preprocessing: dict[str, Any]) -> bool:
     """Whether the training data was flipped (digits are not): its registered spec says."""
     name = preprocessing.get("dataset")
     try:
-        return dataset_class.dataset_spec(name).hflip if name else True
+        return dataset_spec(name).hflip if name else True
     except ValueError:  # unknown here, or defined by its files (ImageFolder: flipped)
         return True
 

@@ -26,13 +26,7 @@ import torch
 
 from config import Config
 from vgg import configuration
-from vgg.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_model_state,
-    model_state,
-    preprocessing_record,
-)
+from vgg.checkpoint import CheckpointError, load_checkpoint, model_state, preprocessing_record
 from vgg.distributed import cleanup, init_distributed
 from vgg.engine import (
     NonFiniteLoss,
@@ -46,6 +40,7 @@ from vgg.engine import (
 from vgg.errors import run_cli
 from vgg.model import build_vgg
 from vgg.optim import LRSchedule, build_optimizer
+from vgg.pretrained import PretrainedWeights, TransferReport, freeze, load_pretrained, read_weights
 from vgg.rng import seed_everything
 from vgg.run_dir import RunDirectory, checkpoint_path
 from vgg.run_log import RunLog
@@ -126,10 +121,19 @@ def open_run_dir(cfg: Config, resume: Resume | None, main: bool, stop: StopReque
     return run_dir
 
 
-def build_model(cfg: Config, model_args: dict[str, Any], resume: Resume | None
-                ) -> torch.nn.Module:
+def build_model(cfg: Config, model_args: dict[str, Any], resume: Resume | None,
+                pretrained: PretrainedWeights | None, log) -> torch.nn.Module:
     """The network to train: to be resumed (weights follow in Resumable.restore), copied
-    in part from a trained net A, initialised from --init_from's weights, or random."""
+    in part from a trained net A, fine-tuned from --init_from's weights, or random."""
+    model = new_model(cfg, model_args, resume, pretrained, log)
+    if model.pretrained_modules:  # fine-tuning: --freeze, again on every resume
+        freeze(model, TransferReport(cfg.init_from, loaded=list(model.pretrained_modules)),
+               cfg.freeze)
+    return model
+
+
+def new_model(cfg: Config, model_args: dict[str, Any], resume: Resume | None,
+              pretrained: PretrainedWeights | None, log) -> torch.nn.Module:
     if resume is not None:
         saved = resume.checkpoint["model_args"]
         if saved != model_args:
@@ -139,6 +143,7 @@ def build_model(cfg: Config, model_args: dict[str, Any], resume: Resume | None
                                   f"asks for ((checkpoint, config): {differing})")
         model = build_vgg(**model_args, init=None)
         model.copied_from_A = tuple(resume.checkpoint.get("copied_from_A", ()))
+        model.pretrained_modules = tuple(resume.checkpoint.get("pretrained_modules", ()))
         return model
     if cfg.init == "from_A":
         a_state = model_state(load_checkpoint(cfg.init_from_A), cfg.init_from_A)
@@ -148,9 +153,10 @@ def build_model(cfg: Config, model_args: dict[str, Any], resume: Resume | None
         except ValueError as error:
             raise CheckpointError(f"{cfg.init_from_A}: {error}") from None
     model = build_vgg(**model_args, init=cfg.init, init_std=cfg.init_std)
-    if cfg.init_from:
-        load_model_state(model, model_state(load_checkpoint(cfg.init_from), cfg.init_from),
-                         cfg.init_from)
+    if pretrained is not None:
+        transfer = load_pretrained(model, pretrained)
+        model.pretrained_modules = tuple(transfer.pretrained_modules)
+        log(str(transfer))
     return model
 
 
@@ -162,6 +168,9 @@ def build_training(cfg: Config, model: torch.nn.Module, model_args: dict[str, An
         model.to(device), cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
         nesterov=cfg.nesterov, betas=cfg.betas, weight_decay=cfg.weight_decay,
         decay_norm_and_bias=cfg.decay_norm_and_bias,
+        pretrained=[p for name, p in model.named_parameters()
+                    if name.rsplit(".", 1)[0] in model.pretrained_modules],
+        pretrained_lr_multiplier=cfg.pretrained_lr_multiplier,
         # Sec. 3.1's "we did not decrease the learning rate for the pre-initialised layers"
         # read as "no lower rate than the rest": they follow the schedule, unless asked.
         copied_from_A=model.copied_from_A if cfg.from_A_fixed_lr else ())
@@ -209,12 +218,15 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
     configure_backends(device, cfg.deterministic, cfg.cudnn_benchmark)
     stop = StopRequest(announce=print if main_process else lambda *a, **k: None)
     with open_run_dir(cfg, resume, main_process, stop) as run_dir:
-        data = build_data(cfg, rank, world)
+        pretrained = read_weights(cfg.init_from) if cfg.init_from and not resume else None
+        data = build_data(cfg, rank, world, normalization=(
+            resume.checkpoint.get("preprocessing") if resume
+            else pretrained.preprocessing if pretrained else None))
         model_args = {"version": cfg.model_version, "num_classes": data.spec.num_classes,
                       "in_channels": data.spec.in_channels, "image_size": data.image_size,
                       "batch_norm": cfg.batch_norm, "fc_width": cfg.fc_width,
                       "dropout": cfg.dropout}
-        model = build_model(cfg, model_args, resume)
+        model = build_model(cfg, model_args, resume, pretrained, stop.announce)
         model.activation_checkpointing = cfg.activation_checkpointing
         resumable, settings, precision = build_training(cfg, model, model_args, data, device)
         state = TrainState()

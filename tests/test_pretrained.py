@@ -18,15 +18,14 @@ from tests.fakedata import write_image_folder
 from vgg.checkpoint import CheckpointError, save_checkpoint
 from vgg.configuration import ConfigError
 from vgg.model import build_vgg
+from vgg.optim import param_groups, scale_pretrained_lr
 from vgg.pretrained import (
     freeze,
     load_pretrained,
     model_from_weights,
     pretrained_parameters,
     read_weights,
-    scale_pretrained_lr,
 )
-from vgg.training import param_groups
 from vgg.transforms import TrainTransform
 
 

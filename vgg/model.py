@@ -97,9 +97,11 @@ class VGG(nn.Module):
             nn.Linear(fc_width, fc_width), nn.ReLU(inplace=True), nn.Dropout(dropout),
             ClassScores(fc_width, num_classes),
         )
-        # Parameter names copied from a trained net A by init="from_A" (Sec. 3.1): the
-        # trainer keeps their learning rate undecayed, as the paper did.
+        # Parameter names copied from a trained net A by init="from_A" (Sec. 3.1); with
+        # --from_A_fixed_lr the trainer keeps their learning rate undecayed.
         self.copied_from_A: tuple[str, ...] = ()
+        # Modules that took pretrained weights when fine-tuning (vgg.pretrained).
+        self.pretrained_modules: tuple[str, ...] = ()
         # Keep only each conv stage's input for backward and recompute the rest: about a
         # third more compute for a fraction of the activation memory (the paper's batch of
         # 256 at 224 on a 24 GB GPU).

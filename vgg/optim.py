@@ -4,11 +4,13 @@ copied from net A), SGD or AdamW, and the learning-rate schedule of every step."
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from vgg.configuration import ConfigError
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = True,
@@ -34,9 +36,14 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
 def build_optimizer(model: nn.Module, name: str = "sgd", *, lr: float, momentum: float = 0.9,
                     nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999),
                     weight_decay: float = 5e-4, decay_norm_and_bias: bool = True,
-                    copied_from_A: Sequence[str] = ()) -> torch.optim.Optimizer:
-    """SGD (the paper's) or AdamW over :func:`param_groups`; fused kernels on CUDA."""
+                    copied_from_A: Sequence[str] = (), pretrained: Sequence[nn.Parameter] = (),
+                    pretrained_lr_multiplier: float = 1.0) -> torch.optim.Optimizer:
+    """SGD (the paper's) or AdamW over :func:`param_groups`; fused kernels on CUDA. The
+    ``pretrained`` parameters of a fine-tuned network train at ``pretrained_lr_multiplier``
+    times the rate of the new ones."""
     groups = param_groups(model, weight_decay, decay_norm_and_bias, copied_from_A)
+    if pretrained and pretrained_lr_multiplier != 1.0:
+        groups = scale_pretrained_lr(groups, pretrained, pretrained_lr_multiplier, lr)
     fused = next(model.parameters()).device.type == "cuda" or None
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov,
@@ -44,6 +51,28 @@ def build_optimizer(model: nn.Module, name: str = "sgd", *, lr: float, momentum:
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
     raise ValueError(f"unknown optimizer {name!r}; valid: sgd, adamw")
+
+
+def scale_pretrained_lr(groups: Sequence[dict[str, Any]], pretrained: Collection[nn.Parameter],
+                        multiplier: float, lr: float) -> list[dict[str, Any]]:
+    """Optimizer parameter groups (as :func:`param_groups` makes them) with each
+    group split into its pretrained and its new parameters: the pretrained part trains at
+    ``multiplier * lr`` (``lr_scale`` records the multiplier, for the schedule and resume),
+    the new part at ``lr``, first (the schedule reports the first group's rate). Empty parts
+    are dropped."""
+    if multiplier <= 0:
+        raise ConfigError(f"--pretrained_lr_multiplier must be positive, got {multiplier} "
+                          "(use --freeze to hold layers still)")
+    pretrained_ids = {id(p) for p in pretrained}
+    split = []
+    for group in groups:
+        for is_pretrained, scale in ((False, 1.0), (True, multiplier)):
+            params = [p for p in group["params"] if (id(p) in pretrained_ids) == is_pretrained]
+            if params:
+                name = group.get("name", "group") + ("_pretrained" if is_pretrained else "")
+                split.append({**group, "params": params, "lr": lr * scale,
+                              "lr_scale": scale, "name": name})
+    return split
 
 
 class LRSchedule:
@@ -135,7 +164,7 @@ def set_hyperparameters(optimizer: torch.optim.Optimizer, *, lr: float, weight_d
     """Write the config's hyper-parameters over those a resumed optimizer state carries:
     flags given with --resume (a lower --lr after a divergence, say) must win."""
     for group in optimizer.param_groups:
-        group["initial_lr"] = lr
+        group["initial_lr"] = lr * group.get("lr_scale", 1.0)  # fine-tuning's pretrained part
         group["weight_decay"] = weight_decay if group["weight_decay"] else 0.0
         if "momentum" in group:
             group["momentum"] = momentum

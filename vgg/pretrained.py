@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -385,25 +384,3 @@ def freeze(model: VGG, report: TransferReport, part: str) -> list[str]:
 def pretrained_parameters(model: VGG, report: TransferReport) -> list[nn.Parameter]:
     modules = set(report.pretrained_modules)
     return [p for name, p in model.named_parameters() if name.rsplit(".", 1)[0] in modules]
-
-
-def scale_pretrained_lr(groups: Sequence[dict[str, Any]], pretrained: Collection[nn.Parameter],
-                        multiplier: float, lr: float) -> list[dict[str, Any]]:
-    """Optimizer parameter groups (as ``vgg.training.param_groups`` makes them) with each
-    group split into its pretrained and its new parameters: the pretrained part trains at
-    ``multiplier * lr`` (``lr_scale`` records the multiplier, for the schedule and resume),
-    the new part at ``lr``, first (the schedule reports the first group's rate). Empty parts
-    are dropped."""
-    if multiplier <= 0:
-        raise ConfigError(f"--pretrained_lr_multiplier must be positive, got {multiplier} "
-                          "(use --freeze to hold layers still)")
-    pretrained_ids = {id(p) for p in pretrained}
-    split = []
-    for group in groups:
-        for is_pretrained, scale in ((False, 1.0), (True, multiplier)):
-            params = [p for p in group["params"] if (id(p) in pretrained_ids) == is_pretrained]
-            if params:
-                name = group.get("name", "group") + ("_pretrained" if is_pretrained else "")
-                split.append({**group, "params": params, "lr": lr * scale,
-                              "lr_scale": scale, "name": name})
-    return split

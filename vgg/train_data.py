@@ -4,6 +4,7 @@ accumulation x processes) that the schedule counts steps with."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -40,11 +41,17 @@ class Data:
     steps_per_epoch: int
 
 
-def build_data(cfg: Any, rank: int, world: int) -> Data:
+def build_data(cfg: Any, rank: int, world: int,
+               normalization: dict[str, Any] | None = None) -> Data:
     """The data of a run configured by ``cfg`` (a config.Config), for process ``rank`` of
-    ``world``."""
+    ``world``. ``normalization`` (a checkpoint's preprocessing record: its ``mean`` and
+    ``std``) replaces the dataset's own where the channel counts agree: a resumed run keeps
+    the input it started with, a fine-tuned network gets the input its weights know."""
     try:
         spec = dataset_class.dataset_spec(cfg.dataset, cfg.data_root)
+        if normalization and len(normalization["mean"]) == spec.in_channels:
+            spec = dataclasses.replace(spec, mean=tuple(normalization["mean"]),
+                                       std=tuple(normalization["std"]))
         image_size = cfg.image_size or spec.image_size
         scale = cfg.train_scale or spec.train_scale_at(image_size)
         # The held-out split depends on val_fraction alone (build_dataset's fixed seed), not

@@ -132,6 +132,7 @@ class Resumable:
                 "scheduler": self.schedule.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "copied_from_A": list(getattr(self.model, "copied_from_A", ())),
+                "pretrained_modules": list(getattr(self.model, "pretrained_modules", ())),
                 **state.state_dict()}
 
     def restore(self, checkpoint: dict[str, Any], source: str, state: TrainState, *,
