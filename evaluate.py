@@ -57,6 +57,7 @@ from vgg.evaluation import (
     scale_warning,
 )
 from vgg.networks import Network, check_ensemble, network_from_checkpoint, network_from_torchvision
+from vgg.plot import most_confused_pairs, plot_confusion
 from vgg.report import (
     accuracy_lines,
     check_writable,
@@ -225,13 +226,18 @@ def report(cfg: EvalConfig, networks: list[Network], out: Path, facts: dict[str,
         "config": configuration.to_dict(cfg),
     }
     write_confusion_csv(tally.confusion, confusion, facts["class_names"])
+    plot_confusion(tally.confusion, facts["class_names"], confusion.with_suffix(".png"))
     write_results(results, out)
     print(paper_table([row]))
     print("\n".join(accuracy_lines(summary, tally.ks)))
     if summary["nonfinite_posteriors"]:
         print(f"warning: {summary['nonfinite_posteriors']} samples had non-finite posteriors "
               "(counted wrong): the network may have diverged", file=sys.stderr)
-    print(f"results: {out}\nconfusion matrix: {confusion}")
+    pairs = most_confused_pairs(tally.confusion, facts["class_names"], k=5)
+    print("most confused (true -> predicted: images): "
+          + ("; ".join(f"{t} -> {p}: {n}" for t, p, n in pairs) or "none"))
+    print(f"results: {out}\nconfusion matrix: {confusion} (picture: "
+          f"{confusion.with_suffix('.png')})")
 
 
 def check_device(name: str) -> None:

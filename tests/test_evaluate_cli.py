@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.evalnets import save_tiny_checkpoint
 from vgg.checkpoint import CheckpointError
@@ -66,6 +67,10 @@ def test_every_protocol_end_to_end(checkpoints, tmp_path, protocol, capsys):
     assert results["top1_correct"] == tally.summary()["top1_correct"]
     assert results["top5_correct"] == tally.summary()["top5_correct"]
     assert sum(results["per_class"]["count"]) == 4
+    # the confusion matrix as a picture beside its CSV, and the most-confused pairs printed
+    picture = np.asarray(Image.open(tmp_path / "r_confusion.png").convert("L"))
+    assert picture.min() < 128 < picture.max()  # not blank
+    assert "most confused (true -> predicted: images):" in printed
 
 
 def test_ensemble_averages_posteriors(checkpoints, tmp_path):

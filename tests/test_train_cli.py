@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import train
 from vgg import run_dir as run_dir_module
@@ -70,6 +72,9 @@ def test_resume_after_a_step_is_bit_identical(tmp_path):
                     strict=True):
         assert (a["loss"], a["val_loss"], a["val_n"]) == (b["loss"], b["val_loss"], b["val_n"])
     assert rows(tmp_path / "full", "epoch")[-1]["val_n"] == 32
+    # curves.png, redrawn from the metrics file at every epoch end
+    curves = np.asarray(Image.open(tmp_path / "full" / "curves.png").convert("L"))
+    assert curves.shape[0] > 100 and curves.min() < 128 < curves.max()
 
 
 

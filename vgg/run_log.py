@@ -1,5 +1,6 @@
 """The run's record: one :meth:`RunLog.log` writes a metrics row to the metrics file
-(JSON lines or CSV), to Weights & Biases, and (epoch rows) as the console line."""
+(JSON lines or CSV), to Weights & Biases, and (epoch rows) as the console line and the
+redrawn curves.png."""
 
 from __future__ import annotations
 
@@ -124,7 +125,7 @@ class RunLog:
     def __init__(self, run_dir: Path, *, main: bool, fmt: str, epochs: int,
                  resume_from: tuple[int, int] | None, wandb_settings: dict[str, Any],
                  run_id: str | None, config: dict[str, Any]):
-        self.main, self.epochs = main, epochs
+        self.main, self.epochs, self.run_dir = main, epochs, run_dir
         self.metrics = self.wandb = None
         if main:
             self.metrics = MetricsLog(run_dir / f"metrics.{fmt}", fmt,
@@ -146,6 +147,9 @@ class RunLog:
                             if k not in self.NOT_LOGGED and v is not None}, step=row["step"])
         if row["kind"] == "epoch":
             self.print(console_line(row, self.epochs), flush=True)
+            from vgg.plot import write_run_curves  # vgg.plot reads metrics through this module
+
+            write_run_curves(self.run_dir)  # curves.png, redrawn from the metrics file
 
     def print(self, *args, **kwargs) -> None:
         """A console message, from the main process only."""
