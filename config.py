@@ -41,7 +41,9 @@ class Config:
     dataset: str = choice("ImageNet", _datasets)  # dataset name (dataset_class.DATASETS)
     data_root: str = "data"  # where the dataset lives (ImageNet: <root>/ImageNet/{train,val})
     download: bool = False  # let torchvision download small datasets into data_root
-    val_fraction: float = 0.1  # share of the training set held out for validation (small sets)
+    # None: the dataset's own validation set (ImageNet's official one, as the paper; an
+    # ImageFolder's val/), else 10% of train held out; a number holds that share out
+    val_fraction: float | None = None  # share of the training set held out for validation
     image_size: int | None = None  # training crop side; None = the dataset's (224 / 32)
     train_scale: tuple[int, int] | None = None  # S range [Smin, Smax]; None = dataset's
     color_shift: bool = True  # PCA colour (lighting) noise of Krizhevsky et al. 2012
@@ -122,7 +124,7 @@ class Config:
                               "steps x processes = effective batch")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 < self.val_fraction < 1.0:
+        if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.train_scale is not None and self.train_scale[0] > self.train_scale[1]:
             raise ConfigError(f"train_scale is [Smin, Smax], got {list(self.train_scale)}")

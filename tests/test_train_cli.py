@@ -412,3 +412,22 @@ def test_layers_copied_from_A_follow_the_schedule_by_default(one_epoch, tmp_path
                                "--from_A_fixed_lr", fixed)) == 0
         groups = load_checkpoint(run_dir / "last.pt")["optimizer"]["param_groups"]
         assert sorted({round(g["lr"], 9) for g in groups}) == expected
+
+
+def test_a_paper_preset_trains_on_all_of_train_and_decides_on_the_official_val(tmp_path,
+                                                                                capsys):
+    """Issue 11 point 2: as the paper, every image of ImageNet's train/ is trained on and
+    the plateau decisions are taken on its official validation set; the start-of-run line
+    states the iteration count (74 epochs of ceil(images / 256) steps)."""
+    from tests.fakedata import write_imagenet_folders
+
+    write_imagenet_folders(tmp_path / "ImageNet", ["n01", "n02", "n03"], per_class=5,
+                           size=(40, 40))
+    assert train.main(["--config", str(ROOT / "configs" / "A_S256.yaml"), "--data_root",
+                       str(tmp_path), "--image_size", "32", "--train_scale", "32,40",
+                       "--fc_width", "16", "--max_steps", "1", "--workers", "0",
+                       "--device", "cpu", "--wandb", "disabled", "--progress", "false",
+                       "--out_dir", str(tmp_path / "runs")]) == 0
+    start = capsys.readouterr().out
+    assert "(15 train / 15 val images" in start  # all 15 of train/, the 15 of val/
+    assert "1 steps/epoch x 74 epochs = 74 iterations" in start

@@ -48,7 +48,8 @@ def build_data(cfg: Any, rank: int, world: int,
     ``std``) replaces the dataset's own where the channel counts agree: a resumed run keeps
     the input it started with, a fine-tuned network gets the input its weights know."""
     try:
-        spec = dataset_class.dataset_spec(cfg.dataset, cfg.data_root)
+        spec = dataset_class.dataset_spec(cfg.dataset, cfg.data_root,
+                                          val_fraction=cfg.val_fraction)
         if normalization and len(normalization["mean"]) == spec.in_channels:
             spec = dataclasses.replace(spec, mean=tuple(normalization["mean"]),
                                        std=tuple(normalization["std"]))
