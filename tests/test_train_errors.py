@@ -35,7 +35,7 @@ CASES = [
     (["--resume", "{files}/tensor.pt"], "does not hold a checkpoint dict"),
     (["--resume", "{files}/pickled.pt"], "not a readable checkpoint"),
     (["--init_from", "{files}/list.pt"], "does not hold a checkpoint dict"),
-    (["--init_from", "{files}/model_str.pt"], "holds no network weights"),
+    (["--init_from", "{files}/model_str.pt"], "nor a state dict of tensors"),
     (["--init_from", "{files}/pickled.pt"], "not a readable checkpoint"),
     (["--init", "from_A", "--init_from_A", "{files}/tensor.pt"], "checkpoint dict"),
     (["--init", "from_A", "--init_from_A", "{files}/model_list.pt"], "no network weights"),
