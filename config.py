@@ -105,7 +105,7 @@ class Config:
     keep_last_k: int = 0  # also keep the last k epoch checkpoints (epoch_<n>.pt)
     metrics_format: str = choice("jsonl", ("jsonl", "csv"))  # metrics file format
     on_nonfinite: str = choice("stop", ("stop", "skip"))  # non-finite loss: stop or skip step
-    progress: bool = True  # tqdm progress bar per epoch
+    progress: bool = True  # tqdm bar on a terminal; else (or false) a plain line per log_interval
     wandb: str = choice("auto", ("auto", "online", "offline", "disabled"))  # W&B mode
     wandb_project: str = "vgg"  # W&B project
     wandb_entity: str | None = None  # W&B entity (team/user); None = your default

@@ -3,6 +3,7 @@
     python train.py --model_version D                          # the paper's recipe, ImageNet
     python train.py --config configs/quickstart_digits.yaml    # offline, 2-core CPU, minutes
     python train.py --resume runs/<run>                        # continue exactly
+    python train.py --config c.yaml --run_name X --resume auto  # continue X, else start it
     torchrun --nproc_per_node 4 train.py --config configs/D_S256.yaml   # DDP
 
 Every option is in config.py (defaults) and can be set from a YAML file (--config) and then
@@ -16,6 +17,7 @@ from --resume; then the loop over vgg.engine.train_one_epoch and the end of each
 from __future__ import annotations
 
 import functools
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ import torch
 from config import Config
 from vgg import configuration
 from vgg.checkpoint import CheckpointError, load_checkpoint, model_state, preprocessing_record
+from vgg.configuration import ConfigError
 from vgg.distributed import cleanup, init_distributed
 from vgg.engine import (
     NonFiniteLoss,
@@ -77,10 +80,24 @@ def resume_target(argv: list[str] | None) -> str | None:
     return None
 
 
+def newest_run_checkpoint(argv: list[str] | None) -> str | None:
+    """``--resume auto``: the run directory --out_dir/--run_name when it holds a checkpoint
+    (a requeued cluster job continues its run), else None: the run starts there."""
+    cfg, _ = configuration.parse_args(Config, argv)
+    if cfg.run_name is None:
+        raise ConfigError("--resume auto continues the run directory --out_dir/--run_name if "
+                          "it holds a checkpoint, else starts it: give --run_name (and "
+                          "--out_dir, default runs)")
+    run_dir = Path(cfg.out_dir) / cfg.run_name
+    return str(run_dir) if checkpoint_path(run_dir).exists() else None
+
+
 def parse_config(argv: list[str] | None) -> tuple[Config, Resume | None, bool]:
     """The config, the run it resumes (None: a new run) and whether to only print it. A
     resumed run's saved config is the base that the YAML file and the flags amend."""
     target = resume_target(argv)
+    if target == "auto":
+        target = newest_run_checkpoint(argv)
     resume = None
     if target is not None:
         path = checkpoint_path(target)
@@ -239,8 +256,11 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
                                     compile=cfg.compile)
         if main_process:
             configuration.save_yaml(resumable.config, run_dir.path / "config.yaml")
+        total_steps = min(data.steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
         run_log = RunLog(run_dir.path, main=main_process, fmt=cfg.metrics_format,
-                         epochs=cfg.epochs, resume_from=(state.epoch, state.step) if resume
+                         epochs=cfg.epochs, progress=cfg.progress,
+                         steps=(data.steps_per_epoch, total_steps),
+                         resume_from=(state.epoch, state.step) if resume
                          else None, run_id=state.wandb_run_id, config=resumable.config,
                          wandb_settings={"mode": cfg.wandb, "project": cfg.wandb_project,
                                          "entity": cfg.wandb_entity})

@@ -1,12 +1,17 @@
 """train.py end to end through its command line: runs interrupted, resumed, killed and
 failing, against uninterrupted runs and the files they write."""
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import signal
 import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -170,7 +175,7 @@ def test_truncated_and_mismatched_checkpoints(tmp_path, capsys):
     # Another network: D weights from an A checkpoint, or resuming A as D.
     assert train.main(tiny(tmp_path / "d", "--model_version", "D", "--init_from",
                            str(last))) == 2
-    assert "different network" in capsys.readouterr().err
+    assert "--model_version A" in capsys.readouterr().err  # how to build the one it holds
     assert train.main(["--resume", str(tmp_path / "a"), "--model_version", "B"]) == 2
     assert "holds another network" in capsys.readouterr().err
     # A truncated file.
@@ -431,3 +436,135 @@ def test_a_paper_preset_trains_on_all_of_train_and_decides_on_the_official_val(t
     start = capsys.readouterr().out
     assert "(15 train / 15 val images" in start  # all 15 of train/, the 15 of val/
     assert "1 steps/epoch x 74 epochs = 74 iterations" in start
+
+
+PROGRESS_LINE = re.compile(
+    r"step (\d+)/(\d+) \(epoch ([\d.]+)/(\d+)\) \| loss ([\d.]+) top-1 err ([\d.]+)% \| "
+    r"lr ([\d.e+-]+) \| (\d+) img/s, data wait (\d+)% \| eta (\d+):(\d\d):(\d\d)")
+EPOCH_LINE = re.compile(r"epoch (\d+)/\d+ .* (\d+) img/s \| eta (\d+):(\d\d):(\d\d)( \| best)?")
+
+
+def test_without_a_terminal_each_log_interval_prints_one_plain_line(tmp_path):
+    """Issue 15: a cluster job's log (stdout a file or pipe, as here) gets one parseable
+    line per log interval, with the metrics file's numbers, and no progress bar."""
+    run_dir = tmp_path / "plain"
+    run = cli(*tiny(run_dir, "--log_interval", "2", "--progress", "true"))
+    assert run.returncode == 0, run.stderr
+    lines = [m for line in run.stdout.splitlines() if (m := PROGRESS_LINE.fullmatch(line))]
+    logged = rows(run_dir, "train")
+    assert [int(m[1]) for m in lines] == [r["step"] for r in logged] == [2, 4, 6, 8, 10, 12]
+    for m, row in zip(lines, logged, strict=True):
+        assert (int(m[2]), float(m[3]), int(m[4])) == (12, round(row["step"] / 6, 2), 2)
+        assert float(m[5]) == round(row["loss"], 4)
+        assert float(m[6]) == round(100 * row["top1_err"], 2)
+        assert float(m[7]) == pytest.approx(row["lr"], rel=1e-2)
+        assert int(m[8]) == round(row["images_per_s"])
+        assert 0 <= row["data_wait"] < 1 and int(m[9]) == round(100 * row["data_wait"])
+        assert "max_memory_gib" not in row  # a CPU run has no GPU memory to report
+    assert tuple(map(int, lines[-1].groups()[-3:])) == (0, 0, 0)  # eta at the last step
+    assert "GiB" not in run.stdout and "it/s" not in run.stderr  # no memory, no tqdm bar
+    # The epoch summary: images/s over the epoch's training (not its validation) and eta.
+    epochs = [m for line in run.stdout.splitlines() if (m := EPOCH_LINE.fullmatch(line))]
+    for m, row in zip(epochs, rows(run_dir, "epoch"), strict=True):
+        assert int(m[2]) == round(row["images_per_s"])
+        assert row["images_per_s"] >= 96 / row["epoch_time"]  # 96 images, trained in less
+    assert len(epochs) == 2 and tuple(map(int, epochs[-1].groups()[2:5])) == (0, 0, 0)
+
+
+def test_on_a_terminal_the_bar_shows_images_per_second_at_every_refresh(tmp_path):
+    # stdout and stderr a terminal (a pseudo-terminal 200 columns wide): tqdm's bar, whose
+    # postfix carries img/s every time, and no plain lines.
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *tiny(tmp_path / "bar", "--progress", "true",
+                                           "--log_interval", "2", "--epochs", "1")],
+        cwd=ROOT, stdin=secondary, stdout=secondary, stderr=secondary,
+        env={**os.environ, "WANDB_MODE": "disabled"})
+    os.close(secondary)
+    output, deadline = b"", time.time() + 300
+    try:
+        while time.time() < deadline and select.select([primary], [], [], 1)[0] or \
+                process.poll() is None:
+            assert time.time() < deadline
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(primary)
+        process.wait(timeout=60)
+    assert process.returncode == 0
+    text = output.decode(errors="replace")
+    bars = [s for s in re.split(r"[\r\n]", text) if "epoch 1/1:" in s and "loss=" in s]
+    assert bars and all(re.search(r"img/s=\d+", bar) for bar in bars), bars
+    assert not re.search(r"^step \d+/", text, re.MULTILINE)
+
+
+def test_resume_auto_starts_the_named_run_then_continues_it(tmp_path):
+    """Issue 15: a requeued cluster job reruns the same command; --resume auto starts the
+    run directory on the first call and continues its newest checkpoint on the next."""
+    run_dir = tmp_path / "requeued"
+    first = cli(*tiny(run_dir, "--resume", "auto", "--max_steps", "5"))
+    assert first.returncode == 0, first.stderr
+    assert "resuming" not in first.stdout and load_checkpoint(run_dir / "last.pt")["step"] == 5
+    second = cli(*tiny(run_dir, "--resume", "auto", "--max_steps", "none"))
+    assert second.returncode == 0, second.stderr
+    assert "resuming at epoch 1 step 5" in second.stdout
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 12
+    assert [r["step"] for r in rows(run_dir, "train")] == list(range(1, 13))
+    # Requeued once more after the end: nothing is trained again.
+    third = cli(*tiny(run_dir, "--resume", "auto", "--max_steps", "none"))
+    assert third.returncode == 0 and "done" in third.stdout
+    assert [r["step"] for r in rows(run_dir, "train")] == list(range(1, 13))
+
+
+def test_resume_auto_without_a_run_name_is_a_clear_error(tmp_path, capsys):
+    args = tiny(tmp_path / "x", "--resume", "auto")
+    args = args[:args.index("--run_name")] + args[args.index("--run_name") + 2:]
+    assert train.main(args) == 2
+    err = capsys.readouterr().err
+    assert "--resume auto" in err and "--run_name" in err and "Traceback" not in err
+
+
+def test_unreachable_wandb_is_one_warning_and_the_run_goes_on_offline(tmp_path):
+    """Issue 15: a key set and no network (a compute node): W&B's init fails; the run warns
+    once, logs to W&B offline and completes its metrics file. The server is a closed local
+    port; wandb's own init timeout is shortened so that it gives up in seconds."""
+    run_dir = tmp_path / "nonet"
+    env = {**os.environ, "WANDB_MODE": "online", "WANDB_API_KEY": "0" * 40,
+           "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "5"}
+    run = subprocess.run(
+        [sys.executable, "train.py", *tiny(run_dir, "--wandb", "auto", "--epochs", "1")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("warning: W&B")]
+    assert len(warnings) == 1 and "offline" in warnings[0], run.stderr
+    assert [r["step"] for r in rows(run_dir, "train")] == list(range(1, 7))
+    assert len(rows(run_dir, "epoch")) == 1
+    files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    logged = [h["train/loss"] for h in wandb_history(files[0]) if "train/loss" in h]
+    assert logged == pytest.approx([r["loss"] for r in rows(run_dir, "train")])
+
+
+def test_a_resumed_run_sends_wandb_each_step_once(tmp_path, monkeypatch):
+    """W&B takes steps in increasing order only: after a kill that came after steps 4 and
+    5 were logged but before their checkpoint, the resumed run must not send them again."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "w"
+    assert train.main(tiny(run_dir, "--wandb", "offline", "--max_steps", "3")) == 0
+    at_step_3 = (run_dir / "last.pt").read_bytes()
+    assert train.main(["--resume", str(run_dir), "--max_steps", "5"]) == 0
+    (run_dir / "last.pt").write_bytes(at_step_3)  # killed before step 5's checkpoint
+    assert train.main(["--resume", str(run_dir), "--max_steps", "none"]) == 0
+    files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 3 and len({f.name for f in files}) == 1  # one W&B run, 3 sessions
+    steps = [h["_step"] for f in files for h in wandb_history(f)]
+    assert steps == list(range(1, 13))
+    assert [r["step"] for r in rows(run_dir, "train")] == list(range(1, 13))

@@ -182,15 +182,20 @@ def train_one_epoch(model: nn.Module, resumable: Resumable, loader, state: Train
     ``cfg.max_steps``), after writing last.pt. Every ``cfg.log_interval`` steps a row goes
     to ``run_log``; every ``cfg.checkpoint_interval`` steps last.pt is written through
     ``run_dir``."""
-    batches, interval, started = iter(loader), Tally(), time.time()
+    batches, interval, started, waited = iter(loader), Tally(), time.time(), 0.0
     with tqdm(total=steps_per_epoch, initial=state.position // (micro * accumulation),
               desc=f"epoch {state.epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
-              disable=not (run_log.main and cfg.progress)) as progress:
-        while window := list(itertools.islice(batches, accumulation)):
+              disable=not (run_log.main and run_log.bar)) as progress:
+        while True:
+            step_started = time.perf_counter()
+            if not (window := list(itertools.islice(batches, accumulation))):
+                break
+            waited += time.perf_counter() - step_started  # for the loader: data-bound?
             resumable.schedule.update(state.step)
             result = train_step(model, resumable.optimizer, window, **vars(settings),
                                 stop_requested=stop.requested)
             state.record(result, sum(len(y) for _, y in window))
+            run_log.pace.add(result.samples, time.perf_counter() - step_started)
             if not result.finite and cfg.on_nonfinite == "stop":
                 raise NonFiniteLoss(
                     f"non-finite loss or gradient at step {state.step} (epoch "
@@ -200,13 +205,15 @@ def train_one_epoch(model: nn.Module, resumable: Resumable, loader, state: Train
                     "from it with a lower --lr, --grad_clip, or --on_nonfinite skip")
             if result.finite:
                 interval.add(result)
-                progress.set_postfix(loss=f"{result.loss_sum / result.samples:.3f}",
-                                     lr=f"{resumable.schedule.lr:.2e}", refresh=False)
+            progress.set_postfix({"loss": f"{result.loss_sum / result.samples:.3f}",
+                                  "lr": f"{resumable.schedule.lr:.2e}",
+                                  "img/s": f"{run_log.pace.images_per_s:.0f}"}, refresh=False)
             progress.update()
             if state.step % cfg.log_interval == 0:
                 if interval.samples:
-                    run_log.log(interval_row(interval, started, state, resumable.schedule.lr))
-                interval, started = Tally(), time.time()
+                    run_log.log(interval_row(interval, started, waited, state,
+                                             resumable.schedule.lr, settings.device))
+                interval, started, waited = Tally(), time.time(), 0.0
             stopping = result.stop or (cfg.max_steps is not None
                                         and state.step >= cfg.max_steps)
             if stopping or (cfg.checkpoint_interval
@@ -217,15 +224,19 @@ def train_one_epoch(model: nn.Module, resumable: Resumable, loader, state: Train
     return True
 
 
-def interval_row(interval: Tally, started: float, state: TrainState, lr: float
-                 ) -> dict[str, Any]:
-    """The metrics row of one logging interval (``kind=train``)."""
+def interval_row(interval: Tally, started: float, waited: float, state: TrainState,
+                 lr: float, device: torch.device) -> dict[str, Any]:
+    """The metrics row of one logging interval (``kind=train``): ``waited`` of its seconds
+    since ``started`` went to waiting for the loader (``data_wait`` is their share)."""
     now = time.time()
     grad_norm = interval.grad_norm_sum / interval.applied if interval.applied else None
+    memory = ({"max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+              if device.type == "cuda" else {})
     return {"kind": "train", "epoch": state.epoch + 1, "step": state.step, "lr": lr,
             "nonfinite_steps": state.nonfinite_steps, "overflow_steps": state.overflow_steps,
             **interval.errors(), "grad_norm": grad_norm,
-            "images_per_s": interval.samples / (now - started), "time": now}
+            "images_per_s": interval.samples / (now - started),
+            "data_wait": waited / (now - started), **memory, "time": now}
 
 
 @torch.no_grad()

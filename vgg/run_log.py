@@ -1,6 +1,6 @@
 """The run's record: one :meth:`RunLog.log` writes a metrics row to the metrics file
-(JSON lines or CSV), to Weights & Biases, and (epoch rows) as the console line and the
-redrawn curves.png."""
+(JSON lines or CSV), to Weights & Biases, and to the console (epoch rows always, interval
+rows as plain lines where no progress bar is drawn), and redraws curves.png."""
 
 from __future__ import annotations
 
@@ -9,28 +9,36 @@ import io
 import json
 import netrc
 import os
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from vgg.atomic import replace_atomically
 
 METRIC_FIELDS = ("kind", "epoch", "step", "loss", "top1_err", "top5_err", "lr", "grad_norm",
-                 "images_per_s", "val_loss", "val_top1_err", "val_top5_err", "val_n",
-                 "nonfinite_steps", "overflow_steps", "time")
+                 "images_per_s", "data_wait", "max_memory_gib", "val_loss", "val_top1_err",
+                 "val_top5_err", "val_n", "nonfinite_steps", "overflow_steps", "time")
 
 
 class MetricsLog:
     """One row per logging interval (``kind=train``) and per epoch (``kind=epoch``), as
     JSON lines or CSV. Opening it with ``resume_from=(epochs_done, step)`` of the
     checkpoint being resumed drops, in one atomic rewrite, the rows written after that
-    checkpoint: the resumed run writes them again."""
+    checkpoint: the resumed run writes them again. :attr:`logged_through` is the last step
+    the file held before that: every row up to it went to W&B too."""
 
     def __init__(self, path: str | Path, fmt: str = "jsonl",
                  resume_from: tuple[int, int] | None = None):
         self.path, self.fmt = Path(path), fmt
+        self.logged_through = 0
         if resume_from is not None and self.path.exists():
             epochs_done, step = resume_from
-            kept = [row for row in self.read(self.path)
+            written = self.read(self.path)
+            self.logged_through = max((int(row["step"]) for row in written), default=0)
+            kept = [row for row in written
                     if (int(row["epoch"]) <= epochs_done if row["kind"] == "epoch"
                         else int(row["step"]) <= step)]
             with replace_atomically(self.path, newline="") as f:
@@ -82,16 +90,35 @@ def wandb_mode(requested: str) -> str:
 
 def init_wandb(mode: str, *, project: str, entity: str | None, run_dir: Path, name: str,
                run_id: str | None, config: dict[str, Any]):
-    """A W&B run (continuing ``run_id`` when resuming), or None when disabled. wandb is
-    imported only here: it is never needed to train."""
+    """A W&B run (continuing ``run_id`` when resuming), or None when disabled. W&B never
+    ends a run: when it cannot start online (no network on a compute node, a bad key) the
+    run logs to W&B offline (``wandb sync`` uploads it later), failing that without W&B,
+    after one warning. wandb is imported only here: it is never needed to train."""
     mode = wandb_mode(mode)
     if mode == "disabled":
         return None
     import wandb
 
-    return wandb.init(project=project, entity=entity, name=name, id=run_id,
-                      resume="allow" if run_id else None, dir=str(run_dir), config=config,
-                      mode=mode)
+    failures = []
+    for attempt in dict.fromkeys((mode, "offline")):
+        try:
+            run = wandb.init(project=project, entity=entity, name=name, id=run_id,
+                             resume="allow" if run_id else None, dir=str(run_dir),
+                             config=config, mode=attempt)
+        except Exception as error:  # any failure of an optional logger: the run goes on
+            failures.append(f"{attempt}: {(str(error) or repr(error)).splitlines()[0]}")
+            continue
+        if failures:
+            warn(f"W&B could not start ({failures[0]}); logging to W&B offline in "
+                 f"{run_dir / 'wandb'} instead (upload it later with `wandb sync`)")
+        return run
+    warn(f"W&B could not start ({'; '.join(failures)}); training without W&B (the metrics "
+         "file is complete)")
+    return None
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def wandb_name(kind: str, key: str) -> str:
@@ -104,32 +131,97 @@ def wandb_name(kind: str, key: str) -> str:
     return f"val/{key[4:]}" if key.startswith("val_") else f"train/epoch_{key}"
 
 
-def console_line(row: dict[str, Any], epochs: int) -> str:
+def duration(seconds: float | None) -> str:
+    """``H:MM:SS`` (``?`` before anything has been measured)."""
+    return "?" if seconds is None else str(timedelta(seconds=round(seconds)))
+
+
+def console_line(row: dict[str, Any], epochs: int, eta: float | None) -> str:
     """An epoch row as the one line the console shows."""
     return (f"epoch {row['epoch']}/{epochs}  train loss {row['loss']:.4f} top-1 err "
             f"{row['top1_err']:.2%} top-5 err {row['top5_err']:.2%} | val loss "
             f"{row['val_loss']:.4f} top-1 err {row['val_top1_err']:.2%} top-5 err "
             f"{row['val_top5_err']:.2%} ({row['val_n']} images) | lr {row['lr']:.1e}"
-            f"{' (divided)' if row['lr_divided'] else ''} | {row['epoch_time']:.0f}s"
+            f"{' (divided)' if row['lr_divided'] else ''} | {row['epoch_time']:.0f}s, "
+            f"{row['images_per_s']:.0f} img/s | eta {duration(eta)}"
             f"{' | best' if row['best'] else ''}")
+
+
+def progress_line(row: dict[str, Any], *, total_steps: int, steps_per_epoch: int,
+                  epochs: int, eta: float | None) -> str:
+    """A logging interval's row as a plain console line, for logs without a terminal."""
+    memory = row.get("max_memory_gib")
+    return (f"step {row['step']}/{total_steps} (epoch {row['step'] / steps_per_epoch:.2f}/"
+            f"{epochs}) | loss {row['loss']:.4f} top-1 err {row['top1_err']:.2%} | lr "
+            f"{row['lr']:.2e} | {row['images_per_s']:.0f} img/s, data wait "
+            f"{row['data_wait']:.0%}" + (f" | peak mem {memory:.2f} GiB" if memory else "")
+            + f" | eta {duration(eta)}")
+
+
+def plain_progress(progress: bool) -> bool:
+    """Whether progress goes out as plain lines instead of a tqdm bar: when asked
+    (``--progress false``), or when stdout or stderr (the bar's) is no terminal (a cluster
+    job's log file, a pipe), where a bar is noise."""
+    return not (progress and sys.stdout.isatty() and sys.stderr.isatty())
+
+
+class Pace:
+    """The console's speed figures: images/s over the training steps of the current epoch,
+    and the whole run's ETA from the wall time per step this process has taken so far
+    (validation and checkpoints included, once there were some)."""
+
+    def __init__(self, total_steps: int, first_step: int,
+                 clock: Callable[[], float] = time.monotonic):
+        self.total_steps, self.first_step, self.clock = total_steps, first_step, clock
+        self.started = clock()
+        self.images, self.seconds = 0, 0.0
+
+    def add(self, images: int, seconds: float) -> None:
+        """One training step of ``images`` (all processes) that took ``seconds``."""
+        self.images += images
+        self.seconds += seconds
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+    def eta(self, step: int) -> float | None:
+        """Seconds until ``total_steps``, at this process's mean time per step so far."""
+        done = step - self.first_step
+        if done <= 0:
+            return None
+        return (self.clock() - self.started) / done * max(self.total_steps - step, 0)
+
+    def new_epoch(self) -> None:
+        self.images, self.seconds = 0, 0.0
 
 
 class RunLog:
     """Where a run's rows go. On the main process: the metrics file, W&B (when enabled) and
     the console; elsewhere nowhere. Opened with ``resume_from`` (see :class:`MetricsLog`)
     when continuing a run, else any rows of an earlier attempt that wrote no checkpoint
-    are dropped."""
+    are dropped. A resumed run sends W&B only the rows after the last step logged before:
+    W&B takes steps in increasing order only, and has the earlier ones already.
+
+    ``steps`` is (steps per epoch, steps the run will take); ``progress`` is --progress:
+    with :attr:`bar` false, each interval row is also printed as a plain line."""
 
     NOT_LOGGED = ("kind", "step", "time", "lr_divided", "best")
 
     def __init__(self, run_dir: Path, *, main: bool, fmt: str, epochs: int,
+                 steps: tuple[int, int], progress: bool,
                  resume_from: tuple[int, int] | None, wandb_settings: dict[str, Any],
                  run_id: str | None, config: dict[str, Any]):
         self.main, self.epochs, self.run_dir = main, epochs, run_dir
+        (self.steps_per_epoch, self.total_steps), self.bar = steps, not plain_progress(progress)
+        self.pace = Pace(self.total_steps, first_step=resume_from[1] if resume_from else 0)
         self.metrics = self.wandb = None
+        self.wandb_sent_through = 0
         if main:
             self.metrics = MetricsLog(run_dir / f"metrics.{fmt}", fmt,
                                       resume_from=resume_from or (0, 0))
+            if resume_from is not None:
+                self.wandb_sent_through = self.metrics.logged_through
             self.wandb = init_wandb(**wandb_settings, run_dir=run_dir, name=run_dir.name,
                                     run_id=run_id, config=config)
 
@@ -139,17 +231,25 @@ class RunLog:
 
     def log(self, row: dict[str, Any]) -> None:
         """One metrics row (``kind`` train or epoch) to every destination."""
+        if row["kind"] == "epoch":  # the epoch's training speed, as the console showed it
+            row = row | {"images_per_s": self.pace.images_per_s}
+            self.pace.new_epoch()
         if not self.main:
             return
         self.metrics.write(row)
-        if self.wandb is not None:
+        if self.wandb is not None and row["step"] > self.wandb_sent_through:
             self.wandb.log({wandb_name(row["kind"], k): v for k, v in row.items()
                             if k not in self.NOT_LOGGED and v is not None}, step=row["step"])
+        eta = self.pace.eta(row["step"])
         if row["kind"] == "epoch":
-            self.print(console_line(row, self.epochs), flush=True)
+            self.print(console_line(row, self.epochs, eta), flush=True)
             from vgg.plot import write_run_curves  # vgg.plot reads metrics through this module
 
             write_run_curves(self.run_dir)  # curves.png, redrawn from the metrics file
+        elif not self.bar:
+            self.print(progress_line(row, total_steps=self.total_steps,
+                                     steps_per_epoch=self.steps_per_epoch, epochs=self.epochs,
+                                     eta=eta), flush=True)
 
     def print(self, *args, **kwargs) -> None:
         """A console message, from the main process only."""
