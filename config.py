@@ -47,6 +47,9 @@ class Config:
     image_size: int | None = None  # training crop side; None = the dataset's (224 / 32)
     train_scale: tuple[int, int] | None = None  # S range [Smin, Smax]; None = dataset's
     color_shift: bool = True  # PCA colour (lighting) noise of Krizhevsky et al. 2012
+    # paper: Caffe's input, 0-255 pixels minus the training mean RGB (for init: paper, whose
+    # fixed std assumes it); dataset: (pixel/255 - mean) / std, unit-scale inputs
+    input_convention: str = choice("dataset", ("dataset", "paper"))  # input normalisation
     train_subset: int | None = None  # train on this many random training samples (smoke runs)
     val_subset: int | None = None  # validate on this many random validation samples
     workers: int = 4  # data-loading processes per training process (0 = in-process)

@@ -129,14 +129,7 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed pipeline passes")
     parser.add_argument("--no_train", action="store_true", help="time the pipeline only")
     args = parser.parse_args(argv)
-    device = steps.resolve_device(args.device)
-    gpu = device.type == "cuda"
-    args.device = str(device)
-    args.model_version = args.model_version or ("D" if gpu else "A")
-    args.image_size = args.image_size or (224 if gpu else 32)
-    args.batch_size = args.batch_size or (256 if gpu else 4)
-    args.images = args.images or (2048 if gpu else 8)
-    args.steps = args.steps or (20 if gpu else 2)
+    steps.resolve_model_arguments(args, batch_size=(256, 4), images=(2048, 8), steps=(20, 2))
     args.scale = args.scale or [round(s * args.image_size / 224) for s in (256, 512)]
     steps.check_image_size(parser, args.image_size)
     if args.images < args.batch_size:

@@ -198,6 +198,20 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def resolve_model_arguments(args: argparse.Namespace, **sizes: tuple[int, int]) -> bool:
+    """Fill the shared flags left unset (and ``sizes``: name=(on GPU, on CPU)) with the
+    defaults of the device: config D at 224 on a GPU, A at 32 on a CPU. Returns whether the
+    device is a GPU."""
+    device = resolve_device(args.device)
+    gpu = device.type == "cuda"
+    args.device = str(device)
+    args.model_version = args.model_version or ("D" if gpu else "A")
+    args.image_size = args.image_size or (224 if gpu else 32)
+    for name, (on_gpu, on_cpu) in sizes.items():
+        setattr(args, name, getattr(args, name) or (on_gpu if gpu else on_cpu))
+    return gpu
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every training benchmark shares: where, which network, which seed."""
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")

@@ -42,7 +42,7 @@ from benchmarks.steps import (
     our_variant,
     reference_backends,
     reference_variant,
-    resolve_device,
+    resolve_model_arguments,
     synchronize,
     training_flops_per_image,
 )
@@ -165,13 +165,7 @@ def parse_args(argv=None):
                         help="also print torch.profiler's top kernels of our variants")
     parser.add_argument("--profile_rows", type=int, default=15)
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
-    gpu = device.type == "cuda"
-    args.device = str(device)
-    args.model_version = args.model_version or ("D" if gpu else "A")
-    args.image_size = args.image_size or (224 if gpu else 32)
-    args.batch_size = args.batch_size or (256 if gpu else 32)
-    args.steps = args.steps or (30 if gpu else 10)
+    resolve_model_arguments(args, batch_size=(256, 32), steps=(30, 10))
     check_image_size(parser, args.image_size)
     return args
 

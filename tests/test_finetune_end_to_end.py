@@ -1,6 +1,6 @@
 """The everyday path of a student with their own photos (issue 14's acceptance): fine-tune
-from a torchvision-format state dict with train.py, then predict.py and vgg.export on the
-run, each step's output checked."""
+from a torchvision-format state dict with train.py, then evaluate.py with each protocol,
+predict.py and vgg.export on the run, each step's output checked."""
 
 from __future__ import annotations
 
@@ -60,6 +60,17 @@ def test_fine_tune_predict_export(tmp_path):
             assert torch.equal(checkpoint["model"][key], value), key
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert min(r["val_top1_err"] for r in rows if r["kind"] == "epoch") < 0.5  # chance: 2/3
+
+    for protocol in ("center", "dense", "multicrop", "dense+multicrop"):
+        result = tmp_path / f"eval_{protocol}.json"
+        evaluated = subprocess.run(
+            [sys.executable, "evaluate.py", "--checkpoint", str(run / "best.pt"), "--protocol",
+             protocol, "--workers", "0", "--progress", "false", "--out", str(result)],
+            cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert evaluated.returncode == 0, evaluated.stderr
+        scored = json.loads(result.read_text())
+        assert scored["split"] == "test" and scored["samples"] == 12, protocol  # test/ only
+        assert scored["top1_correct"] >= 6, protocol  # chance: 4 of 12
 
     out = tmp_path / "predictions.json"
     predicted = subprocess.run([sys.executable, "predict.py", str(tmp_path / "photos" / "test"),

@@ -22,8 +22,6 @@ from vgg.data.sampling import ResumableSampler, SeededSamples
 from vgg.train_data import build_data
 from vgg.transforms import TrainTransform
 
-CPU = torch.device("cpu")
-
 
 def jpeg_folder(root: Path, extension: str = ".jpg") -> list[str]:
     """An ImageFolder of 2 classes x 20 ImageNet-shaped (3:4) noisy photos in ``root``,
@@ -66,8 +64,8 @@ def test_the_gpu_pipeline_serves_the_subset_with_the_cpu_paths_rescale(tmp_path)
     rescales it; an ImageFolder's files go to the JPEG loader; --train_subset's samples and
     labels are kept, in the CPU pipeline's training order."""
     cfg = Config(dataset="Digits", train_subset=40, data_pipeline="gpu", workers=0)
-    gpu = build_data(cfg, 0, 1, CPU)
-    cpu = build_data(dataclasses.replace(cfg, data_pipeline="cpu"), 0, 1, CPU)
+    gpu = build_data(cfg, 0, 1)
+    cpu = build_data(dataclasses.replace(cfg, data_pipeline="cpu"), 0, 1)
     assert isinstance(gpu.train_loader, ResidentLoader)
     subset = gpu.train_set
     digits = subset.dataset.images[subset.indices]
@@ -84,7 +82,7 @@ def test_the_gpu_pipeline_serves_the_subset_with_the_cpu_paths_rescale(tmp_path)
     jpeg_folder(tmp_path)
     folder = build_data(Config(dataset="ImageFolder", data_root=str(tmp_path), image_size=32,
                                train_subset=10, batch_size=8, data_pipeline="gpu", workers=0),
-                        0, 1, CPU)
+                        0, 1)
     assert isinstance(folder.train_loader, JpegLoader)
     subset = folder.train_set
     assert folder.train_loader.files == [subset.dataset.files[i] for i in subset.indices]

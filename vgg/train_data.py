@@ -45,19 +45,23 @@ class Data:
     steps_per_epoch: int
 
 
-def build_data(cfg: Any, rank: int, world: int, device: torch.device,
-               normalization: dict[str, Any] | None = None) -> Data:
+def build_data(cfg: Any, rank: int, world: int,
+               normalization: dict[str, Any] | None = None, *,
+               device: torch.device | str = "cpu") -> Data:
     """The data of a run configured by ``cfg`` (a config.Config), for process ``rank`` of
-    ``world`` training on ``device``. ``normalization`` (a checkpoint's preprocessing
-    record: its ``mean`` and ``std``) replaces the dataset's own where the channel counts
-    agree: a resumed run keeps the input it started with, a fine-tuned network gets the
-    input its weights know."""
+    ``world``, training on ``device`` (where --data_pipeline gpu augments). ``normalization``
+    (a checkpoint's preprocessing record: its ``mean`` and ``std``) replaces the dataset's
+    own where the channel counts agree: a resumed run keeps the input it started with, a
+    fine-tuned network gets the input its weights know. Else ``--input_convention paper``
+    feeds Caffe's input: 0-255 pixels minus the mean RGB."""
     try:
         spec = dataset_class.dataset_spec(cfg.dataset, cfg.data_root,
                                           val_fraction=cfg.val_fraction)
         if normalization and len(normalization["mean"]) == spec.in_channels:
             spec = dataclasses.replace(spec, mean=tuple(normalization["mean"]),
                                        std=tuple(normalization["std"]))
+        elif cfg.input_convention == "paper":  # (pixel/255 - mean) * 255 = pixel - 255 mean
+            spec = dataclasses.replace(spec, std=(1 / 255,) * spec.in_channels)
         image_size = cfg.image_size or spec.image_size
         scale = cfg.train_scale or spec.train_scale_at(image_size)
         # The held-out split depends on val_fraction alone (build_dataset's fixed seed), not
@@ -95,7 +99,7 @@ def build_data(cfg: Any, rank: int, world: int, device: torch.device,
     if len(train_set) < world:
         raise DataError(f"the training set has {len(train_set)} samples, fewer than the "
                         f"{world} processes")
-    train_loader = train_batches(cfg, train_set, micro, rank, world, device)
+    train_loader = train_batches(cfg, train_set, micro, rank, world, torch.device(device))
     sampler = train_loader.sampler
     val_loader = dataset_class.build_loader(val_set, micro, train=False, workers=cfg.workers,
                                             sampler=ShardSampler(val_set, rank, world))
