@@ -20,7 +20,7 @@ from vgg.data.gpu import BatchTrainTransform, JpegLoader
 from vgg.data.resident import ResidentLoader
 from vgg.data.sampling import ResumableSampler, SeededSamples, ShardSampler
 from vgg.errors import UserError
-from vgg.transforms import TrainTransform, single_test_scale
+from vgg.transforms import single_test_scale
 
 
 class DataError(UserError, RuntimeError):
@@ -122,11 +122,7 @@ def train_batches(cfg: Any, train_set: Dataset, micro: int, rank: int, world: in
     dataset, indices = train_set, list(range(len(train_set)))
     if isinstance(train_set, Subset):  # --train_subset
         dataset, indices = train_set.dataset, list(train_set.indices)
-    if not isinstance(dataset.transform, TrainTransform):
-        raise DataError(f"--data_pipeline gpu augments with vgg.transforms.TrainTransform; "
-                        f"{cfg.dataset}'s training transform is {dataset.transform!r}: use "
-                        "--data_pipeline cpu")
-    transform = BatchTrainTransform(dataset.transform)
+    transform = BatchTrainTransform(dataset.transform)  # the TrainTransform built above
     common = {"device": device, "seed": cfg.seed, "rank": rank, "world": world}
     labels = dataset.labels[indices]
     if isinstance(dataset, ArrayDataset):
