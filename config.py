@@ -53,6 +53,8 @@ class Config:
     train_subset: int | None = None  # train on this many random training samples (smoke runs)
     val_subset: int | None = None  # validate on this many random validation samples
     workers: int = 4  # data-loading processes per training process (0 = in-process)
+    # gpu: decode JPEGs (nvJPEG) and augment on the device; small datasets held on the device
+    data_pipeline: str = choice("cpu", ("cpu", "gpu"))  # cpu: loader processes; gpu: the device
     # --- model ---
     model_version: str = choice("D", VERSIONS)  # Table 1 configuration
     batch_norm: bool = False  # BatchNorm after every conv (not in the paper)

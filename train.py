@@ -236,7 +236,7 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
     stop = StopRequest(announce=print if main_process else lambda *a, **k: None)
     with open_run_dir(cfg, resume, main_process, stop) as run_dir:
         pretrained = read_weights(cfg.init_from) if cfg.init_from and not resume else None
-        data = build_data(cfg, rank, world, normalization=(
+        data = build_data(cfg, rank, world, device=device, normalization=(
             resume.checkpoint.get("preprocessing") if resume
             else pretrained.preprocessing if pretrained else None))
         model_args = {"version": cfg.model_version, "num_classes": data.spec.num_classes,

@@ -1,6 +1,7 @@
 """The training run's data: the datasets (with --train_subset/--val_subset), their
-loaders in the resumable training order, and the batch arithmetic (micro-batch x
-accumulation x processes) that the schedule counts steps with."""
+loaders in the resumable training order (--data_pipeline cpu: DataLoader workers; gpu: the
+device decodes and augments, vgg.data.gpu and vgg.data.resident), and the batch arithmetic
+(micro-batch x accumulation x processes) that the schedule counts steps with."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from torch.utils.data import Dataset, Subset
 
 import dataset_class
 from vgg.configuration import ConfigError
+from vgg.data import ArrayDataset
+from vgg.data.gpu import BatchTrainTransform, JpegLoader
+from vgg.data.resident import ResidentLoader
 from vgg.data.sampling import ResumableSampler, SeededSamples, ShardSampler
 from vgg.errors import UserError
 from vgg.transforms import single_test_scale
@@ -33,7 +37,7 @@ class Data:
     scale: tuple[int, int]
     train_set: Dataset
     val_set: Dataset
-    sampler: ResumableSampler
+    sampler: ResumableSampler  # the training loader's; set_epoch(epoch, position) each epoch
     train_loader: Any
     val_loader: Any
     micro: int
@@ -42,12 +46,14 @@ class Data:
 
 
 def build_data(cfg: Any, rank: int, world: int,
-               normalization: dict[str, Any] | None = None) -> Data:
+               normalization: dict[str, Any] | None = None, *,
+               device: torch.device | str = "cpu") -> Data:
     """The data of a run configured by ``cfg`` (a config.Config), for process ``rank`` of
-    ``world``. ``normalization`` (a checkpoint's preprocessing record: its ``mean`` and
-    ``std``) replaces the dataset's own where the channel counts agree: a resumed run keeps
-    the input it started with, a fine-tuned network gets the input its weights know. Else
-    ``--input_convention paper`` feeds Caffe's input: 0-255 pixels minus the mean RGB."""
+    ``world``, training on ``device`` (where --data_pipeline gpu augments). ``normalization``
+    (a checkpoint's preprocessing record: its ``mean`` and ``std``) replaces the dataset's
+    own where the channel counts agree: a resumed run keeps the input it started with, a
+    fine-tuned network gets the input its weights know. Else ``--input_convention paper``
+    feeds Caffe's input: 0-255 pixels minus the mean RGB."""
     try:
         spec = dataset_class.dataset_spec(cfg.dataset, cfg.data_root,
                                           val_fraction=cfg.val_fraction)
@@ -90,15 +96,36 @@ def build_data(cfg: Any, rank: int, world: int,
                           f"processes ({world}) x accumulation steps; choose values that "
                           "divide it")
     accumulation = cfg.batch_size // (micro * world)
-    sampler = ResumableSampler(len(train_set), cfg.seed, rank, world, with_seeds=True)
-    if sampler.per_rank() == 0:
+    if len(train_set) < world:
         raise DataError(f"the training set has {len(train_set)} samples, fewer than the "
                         f"{world} processes")
-    train_loader = dataset_class.build_loader(SeededSamples(train_set), micro, train=True,
-                                              workers=cfg.workers, drop_last=False,
-                                              sampler=sampler)
+    train_loader = train_batches(cfg, train_set, micro, rank, world, torch.device(device))
+    sampler = train_loader.sampler
     val_loader = dataset_class.build_loader(val_set, micro, train=False, workers=cfg.workers,
                                             sampler=ShardSampler(val_set, rank, world))
     steps_per_epoch = math.ceil(math.ceil(sampler.per_rank() / micro) / accumulation)
     return Data(spec, classes, image_size, scale, train_set, val_set, sampler, train_loader,
                 val_loader, micro, accumulation, steps_per_epoch)
+
+
+def train_batches(cfg: Any, train_set: Dataset, micro: int, rank: int, world: int,
+                  device: torch.device):
+    """The training loader for --data_pipeline: DataLoader workers transforming samples
+    (cpu), or the device augmenting whole batches of the same TrainTransform (gpu): the
+    in-memory datasets held on the device, image files decoded there. All three deal the
+    same order (ResumableSampler) and resume at (epoch, position)."""
+    if cfg.data_pipeline == "cpu":
+        sampler = ResumableSampler(len(train_set), cfg.seed, rank, world, with_seeds=True)
+        return dataset_class.build_loader(SeededSamples(train_set), micro, train=True,
+                                          workers=cfg.workers, drop_last=False,
+                                          sampler=sampler)
+    dataset, indices = train_set, list(range(len(train_set)))
+    if isinstance(train_set, Subset):  # --train_subset
+        dataset, indices = train_set.dataset, list(train_set.indices)
+    transform = BatchTrainTransform(dataset.transform)  # the TrainTransform built above
+    common = {"device": device, "seed": cfg.seed, "rank": rank, "world": world}
+    labels = dataset.labels[indices]
+    if isinstance(dataset, ArrayDataset):
+        return ResidentLoader(dataset.images[indices], labels, transform, micro, **common)
+    return JpegLoader([dataset.files[i] for i in indices], labels, transform, micro,
+                      threads=max(cfg.workers, 1), **common)

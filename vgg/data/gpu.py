@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.io import ImageReadMode
 
-from vgg.data.sampling import ResumableSampler
+from vgg.data.sampling import ResumableSampler, generator_seed
 from vgg.errors import UserError
 from vgg.transforms import (
     COLOR_SHIFT_STD,
@@ -41,6 +41,10 @@ from vgg.transforms import (
     TrainTransform,
     rescaled_size,
 )
+
+# What torchvision.io.decode_image reads (JPEGs by nvJPEG on a GPU, the others on the host):
+# not all of vgg.data.IMAGE_EXTENSIONS (BMP, PNM and TIFF need OpenCV, the CPU path).
+DECODABLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 
 class UnreadableBatchError(UserError, OSError):
@@ -264,18 +268,6 @@ def decode_jpegs(data: list[torch.Tensor], device: torch.device
     return images, failed
 
 
-def generator_seed(sample_seed: int) -> int:
-    """A seed for a batch's generator from its first sample's seed (ResumableSampler's,
-    (seed, epoch) in the high 32 bits, position in the low). torch's CPU generator keeps
-    only a seed's low 32 bits, so the seed is first mixed (splitmix64's finaliser, a
-    bijection) and cut to 32 bits: else every epoch and every --seed would draw alike."""
-    mask = 2**64 - 1
-    z = (sample_seed + 0x9E3779B97F4A7C15) & mask
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-    return (z ^ (z >> 31)) & 0xFFFFFFFF
-
-
 class JpegLoader:
     """Training batches ``(images, labels)`` on ``device`` from image files: each batch's
     files read by ``threads`` host threads (``prefetch`` batches ahead), decoded on the
@@ -289,6 +281,12 @@ class JpegLoader:
                  seed: int = 0, rank: int | None = None, world: int | None = None,
                  threads: int = 8, prefetch: int = 4):
         self.files, self.labels = list(files), torch.as_tensor(np.asarray(labels))
+        undecodable = [f for f in self.files if not f.lower().endswith(DECODABLE_EXTENSIONS)]
+        if undecodable:
+            raise UserError(f"{len(undecodable)} of the {len(self.files)} training images "
+                            f"(e.g. {undecodable[0]}) are in a format the GPU data pipeline "
+                            f"cannot decode (it reads {', '.join(DECODABLE_EXTENSIONS)}): "
+                            "convert them, or use --data_pipeline cpu")
         self.transform, self.batch_size, self.device = transform, batch_size, device
         self.sampler = ResumableSampler(len(self.files), seed, rank, world, with_seeds=True)
         self.threads, self.prefetch = threads, prefetch

@@ -76,11 +76,25 @@ class ResumableSampler(Sampler[int]):
         return max(0, self.per_rank() - self.start)
 
 
+def generator_seed(sample_seed: int) -> int:
+    """A seed for torch's generators from one of ResumableSampler's sample seeds ((seed,
+    epoch) in the high 32 bits, position in the low): a sample's, or a batch's first.
+    torch's CPU generator keeps only a seed's low 32 bits, so the seed is first mixed
+    (splitmix64's finaliser, a bijection) and cut to 32 bits: else position k would draw
+    alike in every epoch and for every --seed."""
+    mask = 2**64 - 1
+    z = (sample_seed + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return (z ^ (z >> 31)) & 0xFFFFFFFF
+
+
 class SeededSamples(Dataset):
     """Wraps a dataset whose transforms draw from torch's global generator: item
-    ``(index, seed)`` is ``dataset[index]`` drawn with the generator seeded by ``seed``
-    (the caller's generator state is restored afterwards). With ResumableSampler's
-    per-sample seeds, augmentation no longer depends on worker count or interruptions."""
+    ``(index, seed)`` is ``dataset[index]`` drawn with the generator seeded by
+    ``generator_seed(seed)`` (the caller's generator state is restored afterwards). With
+    ResumableSampler's per-sample seeds, augmentation no longer depends on worker count or
+    interruptions."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -91,5 +105,5 @@ class SeededSamples(Dataset):
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(generator_seed(seed))
             return self.dataset[index]
