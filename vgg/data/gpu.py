@@ -268,7 +268,26 @@ def decode_jpegs(data: list[torch.Tensor], device: torch.device
     return images, failed
 
 
-class JpegLoader:
+class DeviceBatches:
+    """What both device-side training loaders share: the trainer's resumable order over
+    ``n`` samples for this process, cut into batches of ``batch_size``, and a generator on
+    the device for the augmentation draws. Call ``set_epoch(epoch, start)`` before each
+    epoch, ``start`` counting the samples this process has already seen in it."""
+
+    def __init__(self, n: int, batch_size: int, device: torch.device, seed: int,
+                 rank: int | None, world: int | None):
+        self.batch_size, self.device = batch_size, device
+        self.sampler = ResumableSampler(n, seed, rank, world, with_seeds=True)
+        self.generator = torch.Generator(device=device)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+
+class JpegLoader(DeviceBatches):
     """Training batches ``(images, labels)`` on ``device`` from image files: each batch's
     files read by ``threads`` host threads (``prefetch`` batches ahead), decoded on the
     device, augmented by ``transform`` with draws seeded by the batch's position. The order
@@ -287,17 +306,9 @@ class JpegLoader:
                             f"(e.g. {undecodable[0]}) are in a format the GPU data pipeline "
                             f"cannot decode (it reads {', '.join(DECODABLE_EXTENSIONS)}): "
                             "convert them, or use --data_pipeline cpu")
-        self.transform, self.batch_size, self.device = transform, batch_size, device
-        self.sampler = ResumableSampler(len(self.files), seed, rank, world, with_seeds=True)
-        self.threads, self.prefetch = threads, prefetch
-        self.generator = torch.Generator(device=device)
+        super().__init__(len(self.files), batch_size, device, seed, rank, world)
+        self.transform, self.threads, self.prefetch = transform, threads, prefetch
         self.unreadable: set[str] = set()
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.sampler.set_epoch(epoch, start)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = list(self.sampler)

@@ -13,14 +13,13 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from vgg.data.gpu import BatchTrainTransform
-from vgg.data.sampling import ResumableSampler, generator_seed
+from vgg.data.gpu import BatchTrainTransform, DeviceBatches
+from vgg.data.sampling import generator_seed
 from vgg.errors import UserError
 from vgg.transforms import rescaled_size, rescaled_window
 
@@ -32,7 +31,7 @@ def rescaled_images(images: np.ndarray, side: int) -> np.ndarray:
     return np.stack([rescaled_window(image, size, (0, 0, *size)) for image in images])
 
 
-class ResidentLoader:
+class ResidentLoader(DeviceBatches):
     """Training batches ``(images, labels)`` of ``images`` ((N, H, W) or (N, H, W, C)
     uint8, as the small datasets hold them) augmented by ``transform``, whose scale must be
     fixed or keep the images at their size (the small datasets' pad-and-crop).
@@ -55,15 +54,8 @@ class ResidentLoader:
                             f"{min(self.images.shape[-2:])} (or one fixed S) or "
                             "--data_pipeline cpu")
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64).to(device)
-        self.transform, self.batch_size, self.device = transform, batch_size, device
-        self.sampler = ResumableSampler(len(self.images), seed, rank, world, with_seeds=True)
-        self.generator = torch.Generator(device=device)
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.sampler.set_epoch(epoch, start)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.sampler) / self.batch_size)
+        super().__init__(len(self.images), batch_size, device, seed, rank, world)
+        self.transform = transform
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = list(self.sampler)
