@@ -67,7 +67,7 @@ class Config:
     init_from: str | None = None  # weights to start from: run/checkpoint, torchvision .pth or name
     freeze: str = choice("none", FREEZE_CHOICES)  # with init_from: pretrained layers held still
     pretrained_lr_multiplier: float = 1.0  # with init_from: pretrained layers train at lr x this
-    resume: str | None = None  # run dir or checkpoint to continue exactly where it stopped
+    resume: str | None = None  # run dir or checkpoint to continue; auto: --run_name's, else start
     # --- optimisation ---
     batch_size: int = 256  # effective batch: all processes x all accumulation micro-steps
     micro_batch_size: int | None = None  # per process per forward; None = batch / processes
