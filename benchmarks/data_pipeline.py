@@ -19,7 +19,8 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -100,6 +101,21 @@ def images_per_second(load: Callable[[int], torch.Tensor], count: int, repeats: 
     return statistics.median(rates[1:])
 
 
+@contextmanager
+def one_core() -> Iterator[None]:
+    """torch and OpenCV on one thread (figures are per core), restored afterwards: main() is
+    also called in-process (the smoke test), where a changed thread count would change the
+    float summation order of every later computation in that process."""
+    torch_threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        cv2.setNumThreads(cv2_threads)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=64)
@@ -107,38 +123,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
     scale = tuple(args.scale)
 
-    with tempfile.TemporaryDirectory() as folder:
-        files = write_jpegs(Path(folder), args.images)
-        ours = ImageFileDataset(
-            ImageSet(files, np.zeros(len(files), dtype=np.int64), ("all",)),
-            train_transform(dataset_spec("ImageNet"), args.size, scale))
-        reference = torchvision_transform(scale, args.size)
-        decoded = [cv2.imread(f, cv2.IMREAD_COLOR_RGB) for f in files]
-        contenders = {  # name: (load image i, name of ours to compare with)
-            "ours (OpenCV)": (lambda i: ours[i][0], None),
-            "torchvision v2, PIL decode": (
-                lambda i: reference(Image.open(files[i]).convert("RGB")), "ours (OpenCV)"),
-            "torchvision v2, decode_jpeg": (
-                lambda i: reference(torchvision.io.decode_jpeg(torchvision.io.read_file(
-                    files[i]))), "ours (OpenCV)"),
-            "ours, transform only": (lambda i: ours.transform(decoded[i]), None),
-            "torchvision, transform only": (
-                lambda i: reference(torch.from_numpy(decoded[i]).permute(2, 0, 1)),
-                "ours, transform only"),
-        }
-        if HAVE_ALBUMENTATIONS:
-            albumentations = albumentations_transform(scale, args.size)
-            contenders["albumentations, OpenCV decode"] = (
-                lambda i: albumentations(image=cv2.imread(files[i], cv2.IMREAD_COLOR_RGB))[
-                    "image"], "ours (OpenCV)")
-            contenders["albumentations, transform only"] = (
-                lambda i: albumentations(image=decoded[i])["image"], "ours, transform only")
-        rates = {name: images_per_second(load, len(files), args.repeats)
-                 for name, (load, _) in contenders.items()}
+    with one_core():
+        with tempfile.TemporaryDirectory() as folder:
+            files = write_jpegs(Path(folder), args.images)
+            ours = ImageFileDataset(
+                ImageSet(files, np.zeros(len(files), dtype=np.int64), ("all",)),
+                train_transform(dataset_spec("ImageNet"), args.size, scale))
+            reference = torchvision_transform(scale, args.size)
+            decoded = [cv2.imread(f, cv2.IMREAD_COLOR_RGB) for f in files]
+            contenders = {  # name: (load image i, name of ours to compare with)
+                "ours (OpenCV)": (lambda i: ours[i][0], None),
+                "torchvision v2, PIL decode": (
+                    lambda i: reference(Image.open(files[i]).convert("RGB")), "ours (OpenCV)"),
+                "torchvision v2, decode_jpeg": (
+                    lambda i: reference(torchvision.io.decode_jpeg(torchvision.io.read_file(
+                        files[i]))), "ours (OpenCV)"),
+                "ours, transform only": (lambda i: ours.transform(decoded[i]), None),
+                "torchvision, transform only": (
+                    lambda i: reference(torch.from_numpy(decoded[i]).permute(2, 0, 1)),
+                    "ours, transform only"),
+            }
+            if HAVE_ALBUMENTATIONS:
+                albumentations = albumentations_transform(scale, args.size)
+                contenders["albumentations, OpenCV decode"] = (
+                    lambda i: albumentations(image=cv2.imread(files[i], cv2.IMREAD_COLOR_RGB))[
+                        "image"], "ours (OpenCV)")
+                contenders["albumentations, transform only"] = (
+                    lambda i: albumentations(image=decoded[i])["image"], "ours, transform only")
+            rates = {name: images_per_second(load, len(files), args.repeats)
+                     for name, (load, _) in contenders.items()}
 
     print(f"ImageNet training transform, S in [{scale[0]}, {scale[1]}], {args.size}px crops, "
           f"{args.images} JPEGs of ~500x375, one core (torch {torch.__version__}, "

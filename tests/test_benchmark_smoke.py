@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from benchmarks import (
     cifar_speed,
@@ -97,8 +98,12 @@ def test_cifar_speed_trains_from_the_jpeg_zip(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_data_pipeline_and_evaluation_benchmarks(capsys):
+    threads = torch.get_num_threads()
     data_pipeline.main(["--images", "2", "--repeats", "1", "--size", "32", "--scale", "37",
                         "48"])
+    # Timed on one core, but the calling process keeps its threads: a changed count would
+    # change the summation order of later computations (a resume's bit-identity test).
+    assert torch.get_num_threads() == threads
     evaluate_throughput.main(["--device", "cpu", "--images", "1", "--repeats", "1",
                               "--protocols", "center"])
     output = capsys.readouterr().out
