@@ -242,7 +242,7 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
         model_args = {"version": cfg.model_version, "num_classes": data.spec.num_classes,
                       "in_channels": data.spec.in_channels, "image_size": data.image_size,
                       "batch_norm": cfg.batch_norm, "fc_width": cfg.fc_width,
-                      "dropout": cfg.dropout}
+                      "width": cfg.width, "dropout": cfg.dropout}
         model = build_model(cfg, model_args, resume, pretrained, stop.announce)
         model.activation_checkpointing = cfg.activation_checkpointing
         resumable, settings, precision = build_training(cfg, model, model_args, data, device)
@@ -266,9 +266,11 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
                                          "entity": cfg.wandb_entity})
         state.wandb_run_id = run_log.wandb_run_id
         run_log.print(
-            f"run {run_dir.path}: VGG-{cfg.model_version} on {cfg.dataset} "
-            f"({len(data.train_set)} train / {len(data.val_set)} val images, "
-            f"{data.image_size}px, S={list(data.scale)}), {world} process(es) on {device}, "
+            f"run {run_dir.path}: VGG-{cfg.model_version}"
+            + (f" at {cfg.width:g}x width" if cfg.width != 1 else "")
+            + f" on {cfg.dataset} ({len(data.train_set)} train / {len(data.val_set)} val "
+            f"images, {data.image_size}px, S={list(data.scale)}, {cfg.data_pipeline} data "
+            f"pipeline), {world} process(es) on {device}, "
             f"{precision}, batch {cfg.batch_size} = {data.micro} x {data.accumulation} "
             f"accumulation x {world}, {data.steps_per_epoch} steps/epoch x {cfg.epochs} "
             f"epochs = {data.steps_per_epoch * cfg.epochs} iterations"

@@ -10,6 +10,7 @@ from vgg.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_model_state,
+    model_from_checkpoint,
     model_state,
     preprocessing_record,
     save_checkpoint,
@@ -51,6 +52,20 @@ def test_the_weights_of_a_checkpoint_or_of_a_bare_state_dict(tmp_path):
             model_state(wrong, "c")
     with pytest.raises(CheckpointError, match="not a state dict"):
         load_model_state(target, [1, 2], "c")
+
+
+def test_model_args_rebuild_a_narrow_network_and_old_ones_mean_full_width(tmp_path):
+    args = dict(version="A", num_classes=10, in_channels=1, image_size=32, fc_width=16)
+    narrow = build_vgg(**args, width=0.25)
+    save_checkpoint({"model": narrow.state_dict(), "model_args": args | {"width": 0.25}},
+                    tmp_path / "narrow.pt")
+    rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "narrow.pt"))
+    assert rebuilt.features[0].out_channels == 16
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(),
+                                                 narrow.state_dict().values(), strict=True))
+    # Checkpoints written before --width existed carry no "width": Table 1's widths.
+    old = model_from_checkpoint({"model": small().state_dict(), "model_args": args})
+    assert old.features[0].out_channels == 64
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path):

@@ -107,6 +107,32 @@ def test_output_shapes_at_224_and_32(version, in_channels):
     assert at_32(torch.randn(2, in_channels, 32, 32)).shape == (2, 7)
 
 
+@pytest.mark.parametrize("version, width, expected", [
+    # Table 1's channel counts times the width, listed by hand.
+    ("A", 0.25, [16, 32, 64, 64, 128, 128, 128, 128]),
+    ("C", 0.5, [32, 32, 64, 64, 128, 128, 128, 256, 256, 256, 256, 256, 256]),
+])
+def test_width_scales_every_conv_and_fc1_takes_the_last_conv(version, width, expected):
+    torch.manual_seed(0)
+    model = build_vgg(version, num_classes=5, in_channels=1, image_size=64, fc_width=16,
+                      width=width).eval()
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    assert [m.out_channels for m in convs] == expected
+    assert [m.in_channels for m in convs] == [1] + expected[:-1]
+    assert model.classifier[0].in_features == expected[-1] * 2 * 2  # 64px / 32 = 2x2 map
+    image = torch.randn(2, 1, 64, 64)  # the dense form still equals the FC form
+    with torch.no_grad():
+        torch.testing.assert_close(model.to_dense()(image).flatten(1), model(image),
+                                   rtol=1e-4, atol=1e-5)
+        assert model.to_dense()(torch.randn(2, 1, 96, 96)).shape == (2, 5, 2, 2)
+
+
+@pytest.mark.parametrize("width", [0.0, -1.0, float("nan")])
+def test_width_must_be_positive(width):
+    with pytest.raises(ValueError, match="width must be a positive"):
+        build_vgg("A", image_size=32, width=width)
+
+
 def test_wrong_input_size_names_the_expected_size():
     model = build_vgg("A", num_classes=3, image_size=32, fc_width=16)
     with pytest.raises(ValueError, match="32x32 inputs.*to_dense"):

@@ -63,7 +63,8 @@ def test_torchvision_weights_load_into_another_class_count(vgg11_file):
     path, source = vgg11_file
     weights = read_weights(path)
     assert weights.model_args == {"version": "A", "batch_norm": False, "num_classes": 1000,
-                                  "in_channels": 3, "image_size": 224, "fc_width": 4096}
+                                  "in_channels": 3, "image_size": 224, "fc_width": 4096,
+                                  "width": 1.0}
     model = build_vgg("A", num_classes=5)
     before = model.classifier[6].weight.detach().clone()
     report = load_pretrained(model, weights)
@@ -113,6 +114,23 @@ def test_another_architecture_is_a_clear_error(vgg11_file):
     path, _ = vgg11_file
     with pytest.raises(CheckpointError, match="vgg11.*--model_version A --batch_norm false"):
         load_pretrained(build_vgg("A", batch_norm=True, init=None), read_weights(path))
+
+
+def test_a_narrow_networks_state_dict_loads_into_a_narrow_network_only(tmp_path):
+    torch.manual_seed(2)
+    args = dict(in_channels=3, image_size=32, batch_norm=True, fc_width=32, width=0.25)
+    source = build_vgg("A", num_classes=4, **args).state_dict()
+    path = tmp_path / "narrow.pth"
+    torch.save(source, path)
+    weights = read_weights(path)
+    assert weights.model_args == dict(num_classes=4, version="A", **args)  # width inferred
+    model = build_vgg("A", num_classes=7, **args, init=None)
+    load_pretrained(model, weights)
+    for key, value in model.state_dict().items():
+        if not key.startswith("classifier.6"):
+            assert torch.equal(value, source[key]), key
+    with pytest.raises(CheckpointError, match="at 0.25x the channels.*--width 0.25"):
+        load_pretrained(build_vgg("A", num_classes=4, **(args | {"width": 1.0})), weights)
 
 
 def test_batch_norm_statistics_and_our_checkpoints_load(tmp_path):

@@ -328,6 +328,16 @@ def test_real_mnist_reaches_97_percent(tmp_path):
     assert 1 - result["top1_err"] >= 0.97
 
 
+def test_width_trains_a_narrow_network_that_its_checkpoint_rebuilds(tmp_path, capsys):
+    from vgg.checkpoint import model_from_checkpoint
+    run_dir = tmp_path / "narrow"
+    assert train.main(tiny(run_dir, "--width", "0.25", "--max_steps", "1")) == 0
+    assert "VGG-A at 0.25x width on Digits" in capsys.readouterr().out
+    checkpoint = load_checkpoint(run_dir / "last.pt")
+    assert checkpoint["model_args"]["width"] == 0.25
+    assert model_from_checkpoint(checkpoint).features[0].out_channels == 16  # 64 x 0.25
+
+
 def test_resume_in_a_config_file_works_like_the_flag(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert train.main(tiny(run_dir, "--train_subset", "32", "--max_steps", "1")) == 0

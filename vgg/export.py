@@ -54,10 +54,10 @@ def check_outputs(what: str, got: torch.Tensor, expected: torch.Tensor) -> None:
 
 def torchvision_name(model_args: dict) -> str | None:
     """torchvision's builder that takes these weights strictly, if any (its FC1 expects a
-    7x7 map: 224px input; its widths are fixed at 4096; its input is RGB)."""
+    7x7 map: 224px input; its widths are Table 1's and 4096; its input is RGB)."""
     name = TORCHVISION_NAMES.get(model_args["version"])
     if (name is None or model_args["image_size"] != 224 or model_args["in_channels"] != 3
-            or model_args.get("fc_width", 4096) != 4096):
+            or model_args.get("fc_width", 4096) != 4096 or model_args.get("width", 1.0) != 1.0):
         return None
     return name + ("_bn" if model_args.get("batch_norm") else "")
 

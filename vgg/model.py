@@ -9,6 +9,7 @@ instead of an upsampled copy; at ``image_size=224`` the two are identical.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 
@@ -43,7 +44,13 @@ def local_response_norm() -> nn.LocalResponseNorm:
     return nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)
 
 
-def make_features(config: list[int | str], in_channels: int, batch_norm: bool) -> nn.Sequential:
+def scaled(channels: int, width: float) -> int:
+    """A conv layer's channel count in a network ``width`` times as wide as Table 1's."""
+    return max(1, round(channels * width))
+
+
+def make_features(config: list[int | str], in_channels: int, batch_norm: bool,
+                  width: float = 1.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     channels = in_channels
     for item in config:
@@ -53,7 +60,7 @@ def make_features(config: list[int | str], in_channels: int, batch_norm: bool) -
             layers.append(local_response_norm())
         else:
             one_by_one = isinstance(item, str)
-            out_channels = int(item[1:]) if one_by_one else item
+            out_channels = scaled(int(item[1:]) if one_by_one else item, width)
             kernel = 1 if one_by_one else 3
             layers.append(nn.Conv2d(channels, out_channels, kernel, padding=kernel // 2))
             if batch_norm:
@@ -92,8 +99,9 @@ class VGG(nn.Module):
         self.image_size = image_size
         self.features = features
         side = image_size // DOWNSAMPLING
+        channels = [m for m in features if isinstance(m, nn.Conv2d)][-1].out_channels
         self.classifier = nn.Sequential(
-            nn.Linear(512 * side * side, fc_width), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(channels * side * side, fc_width), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(fc_width, fc_width), nn.ReLU(inplace=True), nn.Dropout(dropout),
             ClassScores(fc_width, num_classes),
         )
@@ -202,13 +210,14 @@ def layers_initialised_from_A(model: VGG) -> list[str]:
 
 
 def copy_from_A(model: VGG, a_state: Mapping[str, torch.Tensor], batch_norm: bool,
-                in_channels: int, num_classes: int, fc_width: int) -> tuple[str, ...]:
+                in_channels: int, num_classes: int, fc_width: int, width: float
+                ) -> tuple[str, ...]:
     """Copy Sec. 3.1's layers from net A's state dict into ``model``; return the names
     of the parameters copied."""
     with torch.device("meta"):
         reference_a = build_vgg("A", num_classes=num_classes, in_channels=in_channels,
                                 image_size=model.image_size, batch_norm=batch_norm,
-                                init=None, fc_width=fc_width)
+                                init=None, fc_width=fc_width, width=width)
     expected = {k: tuple(v.shape) for k, v in reference_a.state_dict().items()}
     given = {k: tuple(v.shape) for k, v in a_state.items()}
     if given != expected:
@@ -216,8 +225,9 @@ def copy_from_A(model: VGG, a_state: Mapping[str, torch.Tensor], batch_norm: boo
             k for k in expected if expected[k] != given[k])
         raise ValueError(
             "init='from_A' needs a trained config-A network with the same in_channels, "
-            f"num_classes, image_size, fc_width and batch_norm ({in_channels}, {num_classes}, "
-            f"{model.image_size}, {fc_width}, {batch_norm}); this checkpoint differs at "
+            f"num_classes, image_size, fc_width, width and batch_norm ({in_channels}, "
+            f"{num_classes}, {model.image_size}, {fc_width}, {width}, {batch_norm}); this "
+            "checkpoint differs at "
             f"{differing[:4]}{' ...' if len(differing) > 4 else ''}")
     # Copy from A by the same stage positions, translated to A's own module names.
     a_layers = layers_initialised_from_A(reference_a)
@@ -235,8 +245,10 @@ def copy_from_A(model: VGG, a_state: Mapping[str, torch.Tensor], batch_norm: boo
 def build_vgg(version: str, *, num_classes: int = 1000, in_channels: int = 3,
               image_size: int = 224, batch_norm: bool = False, init: str | None = "xavier",
               init_std: float = 1e-2, a_state_dict: Mapping[str, torch.Tensor] | None = None,
-              fc_width: int = 4096, dropout: float = 0.5) -> VGG:
-    """Build config ``version`` of Table 1. ``init=None`` leaves PyTorch's default
+              fc_width: int = 4096, dropout: float = 0.5, width: float = 1.0) -> VGG:
+    """Build config ``version`` of Table 1, its conv layers ``width`` times as wide (1: the
+    paper's 64-512 channels; a narrower net trains small data on a CPU in minutes, where
+    the full one takes hours). ``init=None`` leaves PyTorch's default
     initialisation (for loading weights straight after). ``init="from_A"`` needs
     ``a_state_dict``, a trained config-A model's state dict; the other layers get the
     paper's normal initialisation, and ``model.copied_from_A`` names what was copied."""
@@ -250,12 +262,14 @@ def build_vgg(version: str, *, num_classes: int = 1000, in_channels: int = 3,
     if (init == "from_A") != (a_state_dict is not None):
         raise ValueError("init='from_A' and a_state_dict go together: pass a trained "
                          "config-A state dict with init='from_A', and only then")
-    model = VGG(make_features(CONFIGS[version], in_channels, batch_norm),
+    if not (math.isfinite(width) and width > 0):
+        raise ValueError(f"width must be a positive number, got {width}")
+    model = VGG(make_features(CONFIGS[version], in_channels, batch_norm, width),
                 num_classes, image_size, fc_width, dropout)
     if init == "from_A":
         init_weights(model, "paper", init_std)
         model.copied_from_A = copy_from_A(model, a_state_dict, batch_norm, in_channels,
-                                          num_classes, fc_width)
+                                          num_classes, fc_width, width)
     elif init is not None:
         init_weights(model, init, init_std)
     return model

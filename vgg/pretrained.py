@@ -185,12 +185,16 @@ def model_args_of_state(state: dict[str, torch.Tensor], source: str) -> dict[str
         scores = state["classifier.6.weight"]
     except KeyError as missing:
         raise CheckpointError(f"{source} is not a VGG state dict (no {missing} tensor)") from None
-    side = math.isqrt(fc1.shape[1] // 512)
-    if side == 0 or 512 * side * side != fc1.shape[1]:
-        raise CheckpointError(f"{source}'s FC1 takes {fc1.shape[1]} features, not a 512 x side x "
-                              "side feature map of a VGG")
+    # The last conv's channels: 512 at Table 1's width, fewer in a narrower (--width) net.
+    last_conv = [v for k, v in state.items() if k.startswith("features.") and v.ndim == 4][-1]
+    channels = last_conv.shape[0]
+    side = math.isqrt(fc1.shape[1] // channels)
+    if side == 0 or channels * side * side != fc1.shape[1]:
+        raise CheckpointError(f"{source}'s FC1 takes {fc1.shape[1]} features, not a "
+                              f"{channels} x side x side feature map of a VGG")
     args = {"num_classes": scores.shape[0], "in_channels": first_conv.shape[1],
-            "image_size": side * DOWNSAMPLING, "fc_width": fc1.shape[0]}
+            "image_size": side * DOWNSAMPLING, "fc_width": fc1.shape[0],
+            "width": channels / 512}
     features = {k: tuple(v.shape) for k, v in state.items() if k.startswith("features.")}
     for version in VERSIONS:
         for batch_norm in (False, True):
@@ -231,8 +235,12 @@ def describe_architecture(model_args: dict[str, Any]) -> str:
     torchvision_name = TORCHVISION_NAMES.get(version)
     if torchvision_name and model_args.get("batch_norm"):
         torchvision_name += "_bn"
+    width = model_args.get("width", 1.0)
+    if width != 1.0:
+        torchvision_name = None
     return (f"config {version} {'with' if model_args.get('batch_norm') else 'without'} "
-            f"BatchNorm" + (f" (torchvision's {torchvision_name})" if torchvision_name else ""))
+            f"BatchNorm" + (f" at {width:g}x the channels" if width != 1.0 else "")
+            + (f" (torchvision's {torchvision_name})" if torchvision_name else ""))
 
 
 def model_from_weights(weights: PretrainedWeights) -> VGG:
@@ -308,7 +316,8 @@ def load_pretrained(model: VGG, weights: PretrainedWeights) -> TransferReport:
         raise CheckpointError(
             f"{weights.source} holds {describe_architecture(source_args)}, whose conv layers "
             f"this network's cannot take: build it as --model_version {source_args['version']}"
-            f" --batch_norm {str(source_args['batch_norm']).lower()}")
+            f" --batch_norm {str(source_args['batch_norm']).lower()} --width "
+            f"{source_args.get('width', 1.0):g}")
     preprocessing = weights.preprocessing or {}
     report = TransferReport(weights.source, normalization=(
         (list(preprocessing["mean"]), list(preprocessing["std"]))
