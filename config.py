@@ -16,7 +16,12 @@ from vgg.configuration import ConfigError
 from vgg.evaluation import PROTOCOLS
 from vgg.model import INITS, VERSIONS
 from vgg.precision import PRECISIONS
-from vgg.pretrained import FREEZE_CHOICES
+from vgg.pretrained import (
+    FREEZE_CHOICES,
+    unknown_weights_name,
+    vgg_weights_architectures,
+    wrong_architecture,
+)
 
 
 def _datasets() -> tuple[str, ...]:
@@ -65,9 +70,10 @@ class Config:
     init_std: float = 1e-2  # std of the normal init ("paper", and from_A's random layers)
     init_from_A: str | None = None  # trained config-A checkpoint, for init=from_A
     from_A_fixed_lr: bool = False  # copied layers keep the initial lr through every drop
-    init_from: str | None = None  # weights to start from: run/checkpoint, torchvision .pth or name
-    freeze: str = choice("none", FREEZE_CHOICES)  # with init_from: pretrained layers held still
-    pretrained_lr_multiplier: float = 1.0  # with init_from: pretrained layers train at lr x this
+    init_from: str | None = None  # weights to start from: a run dir, checkpoint or .pth file
+    weights: str | None = None  # torchvision weights by name, e.g. VGG16_Weights.IMAGENET1K_V1
+    freeze: str = choice("none", FREEZE_CHOICES)  # fine-tuning: pretrained layers held still
+    pretrained_lr_multiplier: float = 1.0  # fine-tuning: pretrained layers train at lr x this
     resume: str | None = None  # run dir or checkpoint to continue; auto: --run_name's, else start
     # --- optimisation ---
     batch_size: int = 256  # effective batch: all processes x all accumulation micro-steps
@@ -137,16 +143,7 @@ class Config:
         if (self.init == "from_A") != (self.init_from_A is not None):
             raise ConfigError("init=from_A needs init_from_A=<trained config-A checkpoint>, "
                               "and init_from_A is only used with init=from_A")
-        if self.init_from is None and (self.freeze != "none"
-                                       or self.pretrained_lr_multiplier != 1.0):
-            raise ConfigError("--freeze and --pretrained_lr_multiplier act on pretrained "
-                              "layers: give --init_from too")
-        if not self.pretrained_lr_multiplier > 0:
-            raise ConfigError("--pretrained_lr_multiplier must be positive (hold layers still "
-                              "with --freeze instead)")
-        if self.init_from is not None and self.init == "from_A":
-            raise ConfigError("init_from loads all weights; it cannot be combined with "
-                              "init=from_A")
+        self._validate_pretrained()
         check_device(self.device)
         if self.run_name is not None and (Path(self.run_name).name != self.run_name
                                           or self.run_name in ("", ".", "..")):
@@ -154,6 +151,40 @@ class Config:
                               "inside --out_dir (no '/', '..' or absolute path); set "
                               "--out_dir for another place")
         self._validate_numbers()
+
+    @property
+    def pretrained_from(self) -> str | None:
+        """Where the pretrained weights come from: --weights' name or --init_from's file."""
+        return self.weights or self.init_from
+
+    def _validate_pretrained(self) -> None:
+        """--weights and --init_from, and the options that act on the layers they load."""
+        if self.weights is not None and self.init_from is not None:
+            raise ConfigError("give --weights NAME (torchvision's weights by name, such as "
+                              "VGG16_Weights.IMAGENET1K_V1) or --init_from PATH (a run "
+                              "directory, a checkpoint or a .pth state dict file), not both")
+        if self.pretrained_from is None and (self.freeze != "none"
+                                             or self.pretrained_lr_multiplier != 1.0):
+            raise ConfigError("--freeze and --pretrained_lr_multiplier act on pretrained "
+                              "layers: give --weights or --init_from too")
+        if not self.pretrained_lr_multiplier > 0:
+            raise ConfigError("--pretrained_lr_multiplier must be positive (hold layers still "
+                              "with --freeze instead)")
+        if self.pretrained_from is not None and self.init == "from_A":
+            raise ConfigError("--weights and --init_from load all weights; neither can be "
+                              "combined with --init from_A")
+        if self.weights is None:
+            return
+        architectures = vgg_weights_architectures()
+        if self.weights not in architectures:
+            raise ConfigError(f"--weights {unknown_weights_name(self.weights)}")
+        # Checked before anything is downloaded: the architecture never follows the weights.
+        theirs = architectures[self.weights]
+        if (theirs["version"], theirs["batch_norm"]) != (self.model_version, self.batch_norm):
+            raise ConfigError(
+                wrong_architecture(f"--weights {self.weights}", theirs) + " (this config: "
+                f"--model_version {self.model_version} --batch_norm "
+                f"{str(self.batch_norm).lower()})")
 
     def _validate_numbers(self) -> None:
         """Every numeric option a run would otherwise fail on later (or silently misuse)."""

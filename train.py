@@ -141,10 +141,10 @@ def open_run_dir(cfg: Config, resume: Resume | None, main: bool, stop: StopReque
 def build_model(cfg: Config, model_args: dict[str, Any], resume: Resume | None,
                 pretrained: PretrainedWeights | None, log) -> torch.nn.Module:
     """The network to train: to be resumed (weights follow in Resumable.restore), copied
-    in part from a trained net A, fine-tuned from --init_from's weights, or random."""
+    in part from a trained net A, fine-tuned from --weights' or --init_from's, or random."""
     model = new_model(cfg, model_args, resume, pretrained, log)
     if model.pretrained_modules:  # fine-tuning: --freeze, again on every resume
-        freeze(model, TransferReport(cfg.init_from, loaded=list(model.pretrained_modules)),
+        freeze(model, TransferReport(cfg.pretrained_from, loaded=list(model.pretrained_modules)),
                cfg.freeze)
     return model
 
@@ -235,7 +235,8 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
     configure_backends(device, cfg.deterministic, cfg.cudnn_benchmark)
     stop = StopRequest(announce=print if main_process else lambda *a, **k: None)
     with open_run_dir(cfg, resume, main_process, stop) as run_dir:
-        pretrained = read_weights(cfg.init_from) if cfg.init_from and not resume else None
+        pretrained = (read_weights(cfg.pretrained_from) if cfg.pretrained_from and not resume
+                      else None)
         data = build_data(cfg, rank, world, device=device, normalization=(
             resume.checkpoint.get("preprocessing") if resume
             else pretrained.preprocessing if pretrained else None))

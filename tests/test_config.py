@@ -55,11 +55,29 @@ def test_precedence_defaults_yaml_flags(tmp_path):
     (["--precision", "fp8"], "auto, bf16, fp16, fp32"),
     (["--batch_size", "256", "--micro_batch_size", "100"], "must divide"),
     (["--init", "from_A"], "init_from_A"),
+    (["--weights", "VGG16_Weights.IMAGENET1K_V2"], "did you mean VGG16_Weights.IMAGENET1K_V1?"),
+    (["--weights", "resnet50"], "choose one of VGG11_Weights.IMAGENET1K_V1, VGG11_BN_Weights"),
+    (["--weights", "VGG16_Weights.IMAGENET1K_V1", "--init_from", "runs/a"], "not both"),
+    (["--weights", "VGG11_Weights.IMAGENET1K_V1"], "--model_version A --batch_norm false"),
+    (["--weights", "VGG16_BN_Weights.IMAGENET1K_V1"], "--model_version D --batch_norm true"),
+    (["--weights", "VGG16_Weights.IMAGENET1K_V1", "--init", "from_A", "--init_from_A", "a.pt"],
+     "combined with --init from_A"),
+    (["--freeze", "features"], "give --weights or --init_from too"),
 ])
 def test_bad_values_are_errors_that_list_what_is_valid(argv, needle):
     with pytest.raises(ConfigError, match=None) as info:
         parse_args(Config, argv)
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("source", [["--weights", "VGG16_Weights.IMAGENET1K_V1"],
+                                    ["--weights", "VGG16_Weights.DEFAULT"],
+                                    ["--init_from", "runs/a"]], ids=" ".join)
+def test_fine_tuning_options_take_either_source(source):
+    cfg, _ = parse_args(Config, [*source, "--freeze", "features",
+                                 "--pretrained_lr_multiplier", "0.1"])
+    assert cfg.pretrained_from == source[1]
+    assert (cfg.freeze, cfg.pretrained_lr_multiplier) == ("features", 0.1)
 
 
 def test_yaml_unknown_key_and_wrong_type(tmp_path):
@@ -103,6 +121,12 @@ def test_paper_presets():
         c = load(f"{version}_S256-512.yaml")
         assert c.train_scale == (256, 512) and "S384" in c.init_from
     assert load("A_lrn_S256.yaml").model_version == "A_lrn"
+
+
+def test_finetune_preset_names_torchvision_weights():
+    cfg, _ = parse_args(Config, ["--config", str(ROOT / "configs" / "finetune_imagefolder.yaml")])
+    assert (cfg.weights, cfg.init_from, cfg.freeze) == ("VGG16_Weights.IMAGENET1K_V1", None,
+                                                        "features")
 
 
 def test_cli_print_config_and_error_exit_code():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,13 +183,24 @@ def test_other_state_dicts_are_clear_errors(tmp_path):
 # ------------------------------------------------------------------ torchvision weight names
 
 
-def test_weights_name_offline_names_the_cache_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+def offline_torch_cache(monkeypatch, torch_home: Path) -> Path:
+    """torch.hub's checkpoint folder under a fresh TORCH_HOME, with every download failing
+    at once (through a proxy that nothing listens on): an offline machine."""
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
     for proxy in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
-        monkeypatch.setenv(proxy, "http://127.0.0.1:9")  # nothing listens: offline at once
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
-    cache = tmp_path / "torch" / "hub" / "checkpoints" / "vgg11-8a719046.pth"
+    return torch_home / "hub" / "checkpoints"
+
+
+def cached_file_name(weights_name: str) -> str:
+    """The name torch.hub caches a download under: the last part of its URL."""
+    return torchvision.models.get_weight(weights_name).url.rsplit("/", 1)[-1]
+
+
+def test_weights_name_offline_names_the_cache_file(tmp_path, monkeypatch):
+    cache = offline_torch_cache(monkeypatch, tmp_path / "torch") / "vgg11-8a719046.pth"
     with pytest.raises(CheckpointError) as error:
         read_weights("VGG11_Weights.IMAGENET1K_V1")
     message = str(error.value)
@@ -200,9 +212,7 @@ def test_weights_name_offline_names_the_cache_file(tmp_path, monkeypatch):
 
 def test_weights_name_in_the_cache_loads_offline(vgg11_file, tmp_path, monkeypatch):
     path, source = vgg11_file
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
-    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache = offline_torch_cache(monkeypatch, tmp_path / "torch")
     cache.mkdir(parents=True)
     try:
         os.link(path, cache / "vgg11-8a719046.pth")
@@ -214,6 +224,23 @@ def test_weights_name_in_the_cache_loads_offline(vgg11_file, tmp_path, monkeypat
     assert weights.preprocessing["classes"][:2] == ["tench", "goldfish"]
     assert weights.preprocessing["resize"] == "antialias"
     assert weights.preprocessing["mean"] == [0.485, 0.456, 0.406]
+
+
+def test_features_only_weights_name_loads_offline(tmp_path, monkeypatch):
+    # IMAGENET1K_FEATURES: VGG-16's conv layers for Caffe's input convention, no classifier
+    # (NaN) and no class names. Here: config D conv layers with a small classifier.
+    name = "VGG16_Weights.IMAGENET1K_FEATURES"
+    cache = offline_torch_cache(monkeypatch, tmp_path / "torch")
+    cache.mkdir(parents=True)
+    state = build_vgg("D", num_classes=10, image_size=32, fc_width=32).state_dict()
+    torch.save(state, cache / cached_file_name(name))
+    weights = read_weights(name)
+    assert weights.model_args["version"] == "D" and not weights.model_args["batch_norm"]
+    assert all(torch.equal(weights.state[k], v) for k, v in state.items())
+    transform = torchvision.models.get_weight(name).transforms()
+    assert weights.preprocessing["mean"] == list(transform.mean)  # 0-255 pixels minus mean
+    assert weights.preprocessing["std"] == list(transform.std)
+    assert weights.preprocessing["classes"] == [str(i) for i in range(10)]
 
 
 # ------------------------------------------------------------------ fine-tuning

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 import train
+from tests.test_pretrained import cached_file_name, offline_torch_cache
 from vgg import run_dir as run_dir_module
 from vgg.checkpoint import load_checkpoint
 from vgg.run_log import MetricsLog
@@ -367,16 +368,38 @@ def test_checkpoint_describes_its_preprocessing(one_epoch):
                           "resize": "bilinear"}
 
 
-def test_init_from_a_bare_state_dict_of_the_same_network(one_epoch, tmp_path):
+# A bare state dict given as a file, or by a torchvision weights name whose file is in
+# torchvision's cache (offline: loaded from there, as torch.hub finds it, never downloaded).
+@pytest.mark.parametrize("flag", ["--init_from", "--weights"])
+def test_pretrained_bare_state_dict_of_the_same_network(one_epoch, tmp_path, monkeypatch,
+                                                        flag):
     weights = load_checkpoint(one_epoch / "last.pt")["model"]
-    torch.save(weights, tmp_path / "bare.pt")
+    source = str(tmp_path / "bare.pt")
+    if flag == "--weights":
+        source = "VGG11_Weights.IMAGENET1K_V1"  # config A, as tiny() builds
+        cache = offline_torch_cache(monkeypatch, tmp_path / "torch")
+        cache.mkdir(parents=True)
+        torch.save(weights, cache / cached_file_name(source))
+    else:
+        torch.save(weights, source)
     run_dir = tmp_path / "tuned"
     assert train.main(tiny(run_dir, "--epochs", "1", "--train_subset", "16", "--max_steps",
-                           "1", "--lr", "1e-9", "--init_from", str(tmp_path / "bare.pt"))) == 0
+                           "1", "--lr", "1e-9", flag, source)) == 0
     tuned = load_checkpoint(run_dir / "last.pt")["model"]
     # lr 1e-9: one step leaves the loaded weights (not a fresh init) nearly unchanged.
     for key, value in weights.items():
         torch.testing.assert_close(tuned[key], value, rtol=0, atol=1e-6)
+
+
+def test_weights_offline_without_the_file_say_which_file_goes_where(tmp_path, monkeypatch,
+                                                                   capsys):
+    name = "VGG11_Weights.IMAGENET1K_V1"
+    cache = offline_torch_cache(monkeypatch, tmp_path / "torch")
+    assert train.main(tiny(tmp_path / "run", "--weights", name)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"train.py: error: --weights {name}") and "Traceback" not in err
+    assert cached_file_name(name) in err and str(cache) in err
+    assert err.strip().count("\n") == 0  # one paragraph
 
 
 def test_a_full_disk_at_a_save_is_a_clear_error_and_keeps_the_checkpoint(tmp_path, capsys):

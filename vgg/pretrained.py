@@ -1,7 +1,8 @@
 """Pretrained VGG weights: reading them from wherever they are, and starting a network for
 another task from them (fine-tuning).
 
-Where weights come from (:func:`read_weights`):
+Where weights come from (:func:`read_weights`), train.py's ``--init_from`` for files and
+``--weights`` for names:
 
 - a checkpoint of this toolkit, or a run directory (its ``best.pt``);
 - a torchvision VGG state dict file (``vgg16-397923af.pth``, ``vgg11_bn-8a719046.pth``, any
@@ -9,12 +10,14 @@ Where weights come from (:func:`read_weights`):
 - a torchvision weights name (``VGG16_Weights.IMAGENET1K_V1``, any VGG weights enum), loaded
   through torchvision's own download-and-cache, ``torch.hub.get_dir()/checkpoints/``. Once
   the file is there (downloaded, or copied in by hand on an offline machine) it loads offline.
+  (``--init_from NAME`` still takes a name too, as before ``--weights`` existed.)
 
 Everything is read with ``torch.load(weights_only=True)``.
 
 What a network for another task takes from them (:func:`load_pretrained`): every layer
 whose shape fits. The conv layers always fit (the architecture must be the same: config
-and BatchNorm); the rest follows the network the user asked for:
+and BatchNorm, which never follow the weights: the error names the flags that build
+theirs); the rest follows the network the user asked for:
 
 - another class count: the class-score layer (``classifier.6``) keeps its random
   initialisation;
@@ -31,6 +34,7 @@ sparing the pretrained layers: frozen, or a lower learning rate.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -68,17 +72,35 @@ class PretrainedWeights:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def vgg_weights_names() -> list[str]:
-    """Every torchvision VGG weights name, e.g. ``VGG16_Weights.IMAGENET1K_V1``."""
+def vgg_weights_architectures() -> dict[str, dict[str, Any]]:
+    """Every torchvision VGG weights name, e.g. ``VGG16_Weights.IMAGENET1K_V1`` (and the
+    ``DEFAULT`` aliases), with the architecture of its network: ``{"version": "D",
+    "batch_norm": False}``."""
     import torchvision
 
-    names = []
-    for base in TORCHVISION_NAMES.values():
-        for model_name in (base, base + "_bn"):
-            enum = torchvision.models.get_model_weights(model_name)
-            names += [f"{enum.__name__}.{member}" for member in enum.__members__
-                      if member != "DEFAULT"]
+    names = {}
+    for version, base in TORCHVISION_NAMES.items():
+        for batch_norm in (False, True):
+            enum = torchvision.models.get_model_weights(base + "_bn" * batch_norm)
+            names |= {f"{enum.__name__}.{member}": {"version": version, "batch_norm": batch_norm}
+                      for member in enum.__members__}
     return names
+
+
+def vgg_weights_names() -> list[str]:
+    """Every torchvision VGG weights name, e.g. ``VGG16_Weights.IMAGENET1K_V1`` (without
+    the ``DEFAULT`` aliases)."""
+    return [name for name in vgg_weights_architectures() if not name.endswith(".DEFAULT")]
+
+
+def unknown_weights_name(name: str) -> str:
+    """The error for a name that is not a torchvision VGG weights name: the closest one, and
+    every one."""
+    names = vgg_weights_names()
+    close = difflib.get_close_matches(name, names, n=1)
+    return (f"{name} is not a torchvision VGG weights name"
+            + (f" (did you mean {close[0]}?)" if close else "")
+            + f"; choose one of {', '.join(names)}")
 
 
 def run_checkpoint(run_dir: Path) -> Path:
@@ -132,13 +154,9 @@ def torchvision_weights(name: str) -> PretrainedWeights:
     file must already be in the cache folder that the error names."""
     import torchvision
 
-    try:
-        weights = torchvision.models.get_weight(name)
-    except (KeyError, ValueError):
-        weights = None
-    if weights is None or not type(weights).__name__.startswith("VGG"):
-        raise CheckpointError(f"{name} is not a torchvision VGG weights name; choose one of "
-                              f"{', '.join(vgg_weights_names())}")
+    if name not in vgg_weights_architectures():
+        raise CheckpointError(unknown_weights_name(name))
+    weights = torchvision.models.get_weight(name)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
     was_cached = cached.is_file()
     try:
@@ -151,15 +169,18 @@ def torchvision_weights(name: str) -> PretrainedWeights:
                 f"({type(error).__name__}: {error}): delete it to download it again, or "
                 f"replace it with a good copy of {weights.url}") from None
         raise CheckpointError(
-            f"{name} is not in torchvision's cache and could not be downloaded "
+            f"--weights {name} needs the file {cached.name}, which is not in torchvision's "
+            f"cache folder {cached.parent} and could not be downloaded "
             f"({type(error).__name__}: {error}). On an offline machine, download "
             f"{weights.url} elsewhere and put it at {cached} (the folder is "
-            "torch.hub.get_dir()/checkpoints; TORCH_HOME moves it)") from None
+            "torch.hub.get_dir()/checkpoints; TORCH_HOME moves it), or give the file itself: "
+            f"--init_from path/to/{cached.name}") from None
     transform = weights.transforms()
     model_args = model_args_of_state(state, name)
     preprocessing = torchvision_preprocessing(model_args["num_classes"])
-    preprocessing |= {"classes": list(weights.meta["categories"]),
-                      "mean": list(transform.mean), "std": list(transform.std)}
+    preprocessing |= {"mean": list(transform.mean), "std": list(transform.std)}
+    if weights.meta["categories"]:  # None for IMAGENET1K_FEATURES, which has no classifier
+        preprocessing["classes"] = list(weights.meta["categories"])
     return PretrainedWeights(state, f"{name} ({cached})", model_args, preprocessing)
 
 
@@ -185,16 +206,14 @@ def model_args_of_state(state: dict[str, torch.Tensor], source: str) -> dict[str
         scores = state["classifier.6.weight"]
     except KeyError as missing:
         raise CheckpointError(f"{source} is not a VGG state dict (no {missing} tensor)") from None
-    # The last conv's channels: 512 at Table 1's width, fewer in a narrower (--width) net.
-    last_conv = [v for k, v in state.items() if k.startswith("features.") and v.ndim == 4][-1]
-    channels = last_conv.shape[0]
+    channels = round(conv_width(state) * 512)
     side = math.isqrt(fc1.shape[1] // channels)
     if side == 0 or channels * side * side != fc1.shape[1]:
         raise CheckpointError(f"{source}'s FC1 takes {fc1.shape[1]} features, not a "
                               f"{channels} x side x side feature map of a VGG")
     args = {"num_classes": scores.shape[0], "in_channels": first_conv.shape[1],
             "image_size": side * DOWNSAMPLING, "fc_width": fc1.shape[0],
-            "width": channels / 512}
+            "width": conv_width(state)}
     features = {k: tuple(v.shape) for k, v in state.items() if k.startswith("features.")}
     for version in VERSIONS:
         for batch_norm in (False, True):
@@ -241,6 +260,24 @@ def describe_architecture(model_args: dict[str, Any]) -> str:
     return (f"config {version} {'with' if model_args.get('batch_norm') else 'without'} "
             f"BatchNorm" + (f" at {width:g}x the channels" if width != 1.0 else "")
             + (f" (torchvision's {torchvision_name})" if torchvision_name else ""))
+
+
+def wrong_architecture(source: str, source_args: dict[str, Any],
+                       width_here: float = 1.0) -> str:
+    """The error for weights of another architecture than the network's: the flags that
+    build theirs (the architecture is always the user's explicit choice). ``--width`` is
+    named where either side is narrower than Table 1."""
+    width = source_args.get("width", 1.0)
+    return (f"{source} holds {describe_architecture(source_args)}, whose conv layers this "
+            f"network's cannot take: build it as --model_version {source_args['version']} "
+            f"--batch_norm {str(source_args['batch_norm']).lower()}"
+            + (f" --width {width:g}" if 1.0 != width or width_here != 1.0 else ""))
+
+
+def conv_width(state: dict[str, torch.Tensor]) -> float:
+    """The --width of a VGG state dict: its last conv's channels over Table 1's 512."""
+    convs = [v for k, v in state.items() if k.startswith("features.") and v.ndim == 4]
+    return convs[-1].shape[0] / 512
 
 
 def model_from_weights(weights: PretrainedWeights) -> VGG:
@@ -313,11 +350,8 @@ def load_pretrained(model: VGG, weights: PretrainedWeights) -> TransferReport:
                     or weights.state["features.0.weight"].shape[0]
                     != own_state["features.0.weight"].shape[0])
     if arch_differs:
-        raise CheckpointError(
-            f"{weights.source} holds {describe_architecture(source_args)}, whose conv layers "
-            f"this network's cannot take: build it as --model_version {source_args['version']}"
-            f" --batch_norm {str(source_args['batch_norm']).lower()} --width "
-            f"{source_args.get('width', 1.0):g}")
+        raise CheckpointError(wrong_architecture(weights.source, source_args,
+                                                 width_here=conv_width(own_state)))
     preprocessing = weights.preprocessing or {}
     report = TransferReport(weights.source, normalization=(
         (list(preprocessing["mean"]), list(preprocessing["std"]))
