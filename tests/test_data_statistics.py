@@ -54,6 +54,14 @@ def test_image_statistics_of_arrays_match_numpy_per_channel():
     assert sampled != mean  # a seeded sample of 10 images
 
 
+def test_a_constant_channel_gets_a_std_of_one_grey_level_not_zero():
+    images = np.random.default_rng(0).integers(0, 256, (20, 6, 7, 3), dtype=np.uint8)
+    images[..., 2] = 128  # e.g. a grey scan stored as RGB: the blue channel never varies
+    mean, std = image_statistics(images, max_images=None)
+    assert mean[2] == round(128 / 255, 4)
+    assert std[2] == round(1 / 255, 4) and std[0] > 0.2  # (x - mean) / std stays finite
+
+
 def test_files_none_of_which_decode_are_a_user_error(tmp_path):
     files = []
     for i in range(3):

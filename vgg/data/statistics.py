@@ -10,6 +10,8 @@ import numpy as np
 from vgg.data.decoding import decode_image
 from vgg.data.errors import UnreadableImageError
 
+MIN_STD = 1 / 255  # the smallest std a normalisation divides by: one grey level
+
 
 def image_statistics(images: Sequence[str] | np.ndarray, max_images: int | None = 256,
                      seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -34,4 +36,7 @@ def image_statistics(images: Sequence[str] | np.ndarray, max_images: int | None 
                                    f"decoded{example}: are they image files?")
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))  # cancellation can dip < 0
+    # A channel that never varies (a grey scan stored as RGB, a constant border) would
+    # divide by zero: its inputs become NaN. One grey level keeps them finite and ~0.
+    std = np.maximum(std, MIN_STD)
     return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
