@@ -228,7 +228,7 @@ class Config:
 @dataclass
 class EvalConfig:
     # --- what to evaluate ---
-    checkpoint: list[str] | None = None  # train.py checkpoint(s), several = ensemble; None = newest
+    checkpoint: list[str] | None = None  # runs or checkpoints; several = an ensemble; None = newest run
     torchvision_weights: str | None = None  # a torchvision VGG state dict file (.pth)
     model_version: str | None = choice(None, VERSIONS)  # of --torchvision_weights; None = inferred
     batch_norm: bool | None = None  # --torchvision_weights has BN; None = inferred

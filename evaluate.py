@@ -39,6 +39,7 @@ import torch
 import dataset_class
 from config import EvalConfig
 from vgg import configuration, distributed
+from vgg.checkpoint import newest_run
 from vgg.data.sampling import ShardSampler
 from vgg.errors import run_cli
 from vgg.evaluation import (
@@ -71,16 +72,12 @@ from vgg.report import (
 from vgg.transforms import EvalTransform
 
 
-def newest_run_checkpoint(runs: Path = Path("runs")) -> Path:
+def newest_run_checkpoint() -> Path:
     """The best.pt of the most recently written run: what `python evaluate.py --scale 256`
     means right after training."""
-    found = sorted(runs.glob("*/best.pt"), key=lambda path: path.stat().st_mtime)
-    if not found:
-        raise EvaluationError(f"no checkpoint given and no {runs}/<run>/best.pt found; train "
-                              "one (python train.py ...) or pass --checkpoint PATH or "
-                              "--torchvision_weights PATH")
-    print(f"evaluating {found[-1]} (the newest run; --checkpoint chooses another)")
-    return found[-1]
+    found = newest_run(alternatives="--checkpoint RUN_DIR_OR_FILE or --torchvision_weights PATH")
+    print(f"evaluating {found} (the newest run; --checkpoint chooses another)")
+    return found
 
 
 def load_networks(cfg: EvalConfig) -> list[Network]:

@@ -32,11 +32,12 @@ from tqdm import tqdm
 
 import dataset_class  # noqa: F401  (a user's own registered datasets)
 from vgg.atomic import replace_atomically
+from vgg.checkpoint import newest_run
 from vgg.configuration import coerce
 from vgg.data import IMAGE_EXTENSIONS, dataset_spec, decode_image
 from vgg.errors import UserError, run_cli
 from vgg.evaluation import PROTOCOLS, Evaluator
-from vgg.pretrained import model_from_weights, newest_run, preprocessing_of, read_weights
+from vgg.pretrained import model_from_weights, preprocessing_of, read_weights
 from vgg.transforms import EvalTransform, single_test_scale
 
 OUTPUT_FORMATS = (".csv", ".json")

@@ -136,6 +136,10 @@ def test_without_a_checkpoint_the_newest_run_is_evaluated(checkpoints, tmp_path,
         os.utime(best, (best.stat().st_mtime - age,) * 2)
     assert run_cli("--scale", 32, "--limit", 4, "--workers", 0, "--progress", "false") == 0
     assert "evaluating runs/newer/best.pt" in capsys.readouterr().out
+    # A run directory given by name means its best.pt, as for predict.py and --init_from.
+    assert run_cli("--checkpoint", "runs/older", "--scale", 32, "--limit", 4, "--workers", 0,
+                   "--progress", "false") == 0
+    assert "runs/older/eval_best_test_dense_32" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # two torchrun processes (gloo) against one

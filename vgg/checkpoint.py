@@ -125,3 +125,22 @@ def preprocessing_record(dataset: str, classes: Sequence[str], image_size: int,
             "in_channels": len(mean), "image_size": int(image_size),
             "mean": [float(m) for m in mean], "std": [float(s) for s in std],
             "train_scale": [int(s) for s in train_scale], "resize": resize}
+
+
+def run_checkpoint(run_dir: Path) -> Path:
+    """A run directory's best checkpoint (best.pt; last.pt before a first validation)."""
+    for name in ("best.pt", "last.pt"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise CheckpointError(f"{run_dir} holds no best.pt or last.pt: not a finished run directory")
+
+
+def newest_run(runs: Path = Path("runs"), alternatives: str = "--checkpoint RUN_DIR_OR_FILE"
+               ) -> Path:
+    """The best.pt of the most recently written run under ``runs``: what evaluate.py and
+    predict.py use right after training when no checkpoint is given."""
+    found = sorted(runs.glob("*/best.pt"), key=lambda path: path.stat().st_mtime)
+    if not found:
+        raise CheckpointError(f"no checkpoint given and no {runs}/<run>/best.pt found: train "
+                              f"one (python train.py ...) or pass {alternatives}")
+    return found[-1]

@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 
 from vgg.atomic import replace_atomically
+from vgg.checkpoint import run_checkpoint
 from vgg.errors import UserError, run_cli
 from vgg.model import TORCHVISION_NAMES, VGG, build_vgg
-from vgg.pretrained import model_from_weights, read_weights, run_checkpoint
+from vgg.pretrained import model_from_weights, read_weights
 
 EXAMPLE_BATCH = 2
 # Outputs of a re-traced program differ from eager ones by float reassociation only.

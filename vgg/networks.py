@@ -8,11 +8,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from vgg.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_from_checkpoint
+from vgg.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    model_from_checkpoint,
+    run_checkpoint,
+)
 from vgg.evaluation import EvaluationError, parse_train_scale
 from vgg.model import TORCHVISION_NAMES, VGG, build_vgg
 from vgg.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -71,6 +78,9 @@ def _preprocessing(checkpoint: dict[str, Any], in_channels: int, source: str) ->
 
 
 def network_from_checkpoint(path: str | os.PathLike) -> Network:
+    """A checkpoint of this toolkit, or a run directory's best.pt."""
+    if Path(path).is_dir():
+        path = run_checkpoint(Path(path))
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} does not hold a checkpoint dict")

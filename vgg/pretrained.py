@@ -46,7 +46,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from vgg.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from vgg.checkpoint import CheckpointError, load_checkpoint, load_model_state, run_checkpoint
 from vgg.configuration import ConfigError
 from vgg.errors import UserError
 from vgg.model import DOWNSAMPLING, TORCHVISION_NAMES, VERSIONS, VGG, build_vgg
@@ -101,23 +101,6 @@ def unknown_weights_name(name: str) -> str:
     return (f"{name} is not a torchvision VGG weights name"
             + (f" (did you mean {close[0]}?)" if close else "")
             + f"; choose one of {', '.join(names)}")
-
-
-def run_checkpoint(run_dir: Path) -> Path:
-    """A run directory's best checkpoint (best.pt; last.pt before a first validation)."""
-    for name in ("best.pt", "last.pt"):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    raise CheckpointError(f"{run_dir} holds no best.pt or last.pt: not a finished run directory")
-
-
-def newest_run(runs: Path = Path("runs")) -> Path:
-    """The best.pt of the most recently written run under ``runs``."""
-    found = sorted(runs.glob("*/best.pt"), key=lambda path: path.stat().st_mtime)
-    if not found:
-        raise CheckpointError(f"no {runs}/<run>/best.pt found: train one (python train.py ...) "
-                              "or pass --checkpoint RUN_DIR_OR_FILE")
-    return found[-1]
 
 
 def read_weights(source: str | os.PathLike) -> PretrainedWeights:
