@@ -58,8 +58,9 @@ class Config:
     train_subset: int | None = None  # train on this many random training samples (smoke runs)
     val_subset: int | None = None  # validate on this many random validation samples
     workers: int = 4  # data-loading processes per training process (0 = in-process)
-    # gpu: decode JPEGs (nvJPEG) and augment on the device; small datasets held on the device
-    data_pipeline: str = choice("cpu", ("cpu", "gpu"))  # cpu: loader processes; gpu: the device
+    # device: whole batches augmented on the training device (JPEGs decoded by nvJPEG on a GPU,
+    # small datasets held there); on a CPU it spares the loader processes' share of the cores
+    data_pipeline: str = choice("workers", ("workers", "device"))  # loader processes or device
     # --- model ---
     model_version: str = choice("D", VERSIONS)  # Table 1 configuration
     batch_norm: bool = False  # BatchNorm after every conv (not in the paper)
@@ -228,7 +229,7 @@ class Config:
 @dataclass
 class EvalConfig:
     # --- what to evaluate ---
-    checkpoint: list[str] | None = None  # runs or checkpoints; several = an ensemble; None = newest run
+    checkpoint: list[str] | None = None  # runs or checkpoints (several: an ensemble); None = newest
     torchvision_weights: str | None = None  # a torchvision VGG state dict file (.pth)
     model_version: str | None = choice(None, VERSIONS)  # of --torchvision_weights; None = inferred
     batch_norm: bool | None = None  # --torchvision_weights has BN; None = inferred

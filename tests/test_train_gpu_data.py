@@ -1,4 +1,4 @@
-"""train.py with --data_pipeline gpu, run on CPU tensors: the trainer feeds from the
+"""train.py with --data_pipeline device, run on CPU tensors: the trainer feeds from the
 GPU-resident loader (in-memory datasets) or the JPEG loader (image files), trains, logs and
 resumes bit-identically; a dataset that path cannot serve is a clear error. Also the
 per-sample augmentation seeds of the CPU pipeline (SeededSamples), which both paths share."""
@@ -63,9 +63,9 @@ def test_the_gpu_pipeline_serves_the_subset_with_the_cpu_paths_rescale(tmp_path)
     """Digits (8x8, trained at S = 32) is held on the device rescaled once as cv2.resize
     rescales it; an ImageFolder's files go to the JPEG loader; --train_subset's samples and
     labels are kept, in the CPU pipeline's training order."""
-    cfg = Config(dataset="Digits", train_subset=40, data_pipeline="gpu", workers=0)
+    cfg = Config(dataset="Digits", train_subset=40, data_pipeline="device", workers=0)
     gpu = build_data(cfg, 0, 1)
-    cpu = build_data(dataclasses.replace(cfg, data_pipeline="cpu"), 0, 1)
+    cpu = build_data(dataclasses.replace(cfg, data_pipeline="workers"), 0, 1)
     assert isinstance(gpu.train_loader, ResidentLoader)
     subset = gpu.train_set
     digits = subset.dataset.images[subset.indices]
@@ -81,7 +81,7 @@ def test_the_gpu_pipeline_serves_the_subset_with_the_cpu_paths_rescale(tmp_path)
 
     jpeg_folder(tmp_path)
     folder = build_data(Config(dataset="ImageFolder", data_root=str(tmp_path), image_size=32,
-                               train_subset=10, batch_size=8, data_pipeline="gpu", workers=0),
+                               train_subset=10, batch_size=8, data_pipeline="device", workers=0),
                         0, 1)
     assert isinstance(folder.train_loader, JpegLoader)
     subset = folder.train_set
@@ -96,11 +96,11 @@ def test_the_gpu_pipeline_serves_the_subset_with_the_cpu_paths_rescale(tmp_path)
 def test_a_run_stopped_and_resumed_is_bit_identical_to_an_uninterrupted_one(tmp_path,
                                                                              dataset):
     data = jpeg_folder(tmp_path / "photos") if dataset == "ImageFolder" else []
-    gpu = [*data, "--data_pipeline", "gpu"]
+    gpu = [*data, "--data_pipeline", "device"]
     assert train.main(tiny(tmp_path / "full", *gpu)) == 0
     assert train.main(tiny(tmp_path / "cut", *gpu, "--max_steps", "3")) == 0
     cut = load_checkpoint(tmp_path / "cut" / "last.pt")
-    assert (cut["step"], cut["config"]["data_pipeline"]) == (3, "gpu")
+    assert (cut["step"], cut["config"]["data_pipeline"]) == (3, "device")
     assert train.main(["--resume", str(tmp_path / "cut"), "--max_steps", "none"]) == 0
     full = load_checkpoint(tmp_path / "full" / "last.pt")
     resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
@@ -120,16 +120,16 @@ def test_a_run_stopped_and_resumed_is_bit_identical_to_an_uninterrupted_one(tmp_
 
 def test_image_files_it_cannot_decode_are_a_clear_error(tmp_path, capsys):
     flags = jpeg_folder(tmp_path / "bitmaps", extension=".bmp")
-    assert train.main(tiny(tmp_path / "run", *flags, "--data_pipeline", "gpu")) == 2
+    assert train.main(tiny(tmp_path / "run", *flags, "--data_pipeline", "device")) == 2
     err = capsys.readouterr().err
-    assert "train.py: error:" in err and "--data_pipeline cpu" in err and ".bmp" in err
+    assert "train.py: error:" in err and "--data_pipeline workers" in err and ".bmp" in err
     assert "Traceback" not in err
     assert train.main(tiny(tmp_path / "run_cpu", *flags, "--max_steps", "1")) == 0
 
 
 def test_a_scale_range_on_a_small_dataset_is_a_clear_error(capsys, tmp_path):
-    assert train.main(tiny(tmp_path / "run", "--data_pipeline", "gpu",
+    assert train.main(tiny(tmp_path / "run", "--data_pipeline", "device",
                            "--train_scale", "32", "40")) == 2
     err = capsys.readouterr().err
-    assert "--train_scale" in err and "--data_pipeline cpu" in err
+    assert "--train_scale" in err and "--data_pipeline workers" in err
     assert "Traceback" not in err

@@ -1,6 +1,7 @@
 """The training run's data: the datasets (with --train_subset/--val_subset), their
-loaders in the resumable training order (--data_pipeline cpu: DataLoader workers; gpu: the
-device decodes and augments, vgg.data.gpu and vgg.data.resident), and the batch arithmetic
+loaders in the resumable training order (--data_pipeline workers: DataLoader worker
+processes; device: the training device decodes and augments whole batches, vgg.data.gpu
+and vgg.data.resident), and the batch arithmetic
 (micro-batch x accumulation x processes) that the schedule counts steps with."""
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def build_data(cfg: Any, rank: int, world: int,
                normalization: dict[str, Any] | None = None, *,
                device: torch.device | str = "cpu") -> Data:
     """The data of a run configured by ``cfg`` (a config.Config), for process ``rank`` of
-    ``world``, training on ``device`` (where --data_pipeline gpu augments). ``normalization``
+    ``world``, training on ``device`` (where --data_pipeline device augments). ``normalization``
     (a checkpoint's preprocessing record: its ``mean`` and ``std``) replaces the dataset's
     own where the channel counts agree: a resumed run keeps the input it started with, a
     fine-tuned network gets the input its weights know. Else ``--input_convention paper``
@@ -114,7 +115,7 @@ def train_batches(cfg: Any, train_set: Dataset, micro: int, rank: int, world: in
     (cpu), or the device augmenting whole batches of the same TrainTransform (gpu): the
     in-memory datasets held on the device, image files decoded there. All three deal the
     same order (ResumableSampler) and resume at (epoch, position)."""
-    if cfg.data_pipeline == "cpu":
+    if cfg.data_pipeline == "workers":
         sampler = ResumableSampler(len(train_set), cfg.seed, rank, world, with_seeds=True)
         return dataset_class.build_loader(SeededSamples(train_set), micro, train=True,
                                           workers=cfg.workers, drop_last=False,

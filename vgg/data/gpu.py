@@ -305,7 +305,7 @@ class JpegLoader(DeviceBatches):
             raise UserError(f"{len(undecodable)} of the {len(self.files)} training images "
                             f"(e.g. {undecodable[0]}) are in a format the GPU data pipeline "
                             f"cannot decode (it reads {', '.join(DECODABLE_EXTENSIONS)}): "
-                            "convert them, or use --data_pipeline cpu")
+                            "convert them, or use --data_pipeline workers")
         super().__init__(len(self.files), batch_size, device, seed, rank, world)
         self.transform, self.threads, self.prefetch = transform, threads, prefetch
         self.unreadable: set[str] = set()

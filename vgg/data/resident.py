@@ -48,11 +48,11 @@ class ResidentLoader(DeviceBatches):
         images = images[..., None] if images.ndim == 3 else images
         self.images = images.permute(0, 3, 1, 2).contiguous().to(device)
         if not transform.keeps_size(self.images):
-            raise UserError(f"the GPU-resident loader crops images at their own size; "
+            raise UserError(f"the device-resident loader crops images at their own size; "
                             f"{tuple(self.images.shape[-2:])} images with train scale "
                             f"{transform.scale} would be rescaled: use --train_scale "
                             f"{min(self.images.shape[-2:])} (or one fixed S) or "
-                            "--data_pipeline cpu")
+                            "--data_pipeline workers")
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64).to(device)
         super().__init__(len(self.images), batch_size, device, seed, rank, world)
         self.transform = transform
