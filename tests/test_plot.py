@@ -7,6 +7,7 @@ from PIL import Image
 from vgg.plot import (
     PAIRS_CHART,
     PlotError,
+    curves_figure,
     lr_drops,
     main,
     most_confused_pairs,
@@ -19,6 +20,7 @@ from vgg.run_log import MetricsLog
 # Four epochs of a plateau schedule that divides the lr by 10 after epoch 2: the lr each
 # epoch trained with.
 EPOCH_LRS = [0.01, 0.01, 0.001, 0.001]
+DIVIDED_AFTER = 2
 
 
 def write_run(run_dir, fmt="jsonl", shift=0.0):
@@ -31,7 +33,8 @@ def write_run(run_dir, fmt="jsonl", shift=0.0):
                    "top1_err": 0.5, "lr": lr, "images_per_s": 100.0, "time": 0.0})
         log.write({"kind": "epoch", "epoch": epoch, "step": 10 * epoch,
                    "loss": 2.0 / epoch + shift, "top1_err": 0.8 / epoch, "top5_err": 0.4 / epoch,
-                   "lr": lr, "val_loss": 2.2 / epoch + shift, "val_top1_err": 0.9 / epoch,
+                   "lr": lr, "lr_divided": epoch == DIVIDED_AFTER,
+                   "val_loss": 2.2 / epoch + shift, "val_top1_err": 0.9 / epoch,
                    "val_top5_err": 0.5 / epoch, "val_n": 100, "time": 0.0})
     return run_dir
 
@@ -58,12 +61,17 @@ def drop_markers(figure):
 BLUE, ORANGE = "#1f77b4", "#ff7f0e"  # matplotlib's first two cycle colours, C0 and C1
 
 
-def test_lr_drops_are_divisions_not_small_decreases():
+def test_lr_drops_are_the_schedules_divisions_not_a_cosine_tail(tmp_path):
     epochs = np.array([1, 2, 3, 4, 5])
-    # divided after epochs 1 and 3: epochs 2 and 4 trained with a tenth of the lr before
-    assert lr_drops(epochs, np.array([0.01, 0.001, 0.001, 0.0001, 0.0001])) == [1.0, 3.0]
-    assert lr_drops(epochs, np.array([0.01, 0.009, 0.007, 0.005, 0.004])) == []  # cosine-like
-    assert lr_drops(epochs, np.array([0.001, 0.01, 0.01, 0.01, 0.01])) == []  # warm-up
+    assert lr_drops(epochs, np.array([1.0, 0.0, 1.0, 0.0, 0.0])) == [1.0, 3.0]
+    # A cosine schedule's last epochs fall by 3x or more each, and are no drops.
+    run = tmp_path / "cosine"
+    run.mkdir()
+    log = MetricsLog(run / "metrics.jsonl", "jsonl")
+    for epoch, lr in enumerate([0.05, 0.03, 0.01, 1e-3, 1e-5], start=1):
+        log.write({"kind": "epoch", "epoch": epoch, "step": epoch, "loss": 1.0, "lr": lr,
+                   "lr_divided": False, "val_loss": 1.0, "time": 0.0})
+    assert drop_markers(curves_figure([run])) == []
 
 
 def test_one_run_draws_seven_curves_and_marks_the_lr_drop(tmp_path):
@@ -120,7 +128,8 @@ def test_the_lr_an_epoch_trained_with_comes_from_its_interval_rows(tmp_path):
                                                 (None, 0.001)], start=1):
         if trained is not None:
             log.write({"kind": "train", "epoch": epoch, "step": epoch, "lr": trained})
-        log.write({"kind": "epoch", "epoch": epoch, "step": epoch, "loss": 1.0, "lr": next_lr})
+        log.write({"kind": "epoch", "epoch": epoch, "step": epoch, "loss": 1.0, "lr": next_lr,
+                   "lr_divided": epoch == 2})
     figure = plot_curves([run], tmp_path / "curves.png")
     lr = [line for line in curves(figure) if line.get_label() == "run lr"][0]
     np.testing.assert_allclose(lr.get_ydata(), [0.01, 0.01, 0.01, 0.001])

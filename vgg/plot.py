@@ -26,9 +26,6 @@ from vgg.run_log import MetricsLog
 
 METRICS_FILES = ("metrics.jsonl", "metrics.csv")
 CURVES_FILE = "curves.png"
-# A schedule "drops" the lr when it divides it (plateau and step schedules divide by 10);
-# a cosine schedule's small per-epoch decreases are not drops.
-DROP_FACTOR = 2.0
 # Up to this many classes the matrix itself is legible; beyond, the most-confused pairs.
 MAX_MATRIX_CLASSES = 30
 PAIRS_CHART = 20
@@ -74,6 +71,8 @@ def epoch_series(run: str | Path) -> dict[str, np.ndarray]:
               for field in fields}
     series["lr"] = np.array([_number(trained_lr.get(e, epoch_rows[e].get("lr")))
                              for e in epochs])
+    series["lr_divided"] = np.array([str(epoch_rows[e].get("lr_divided")) in ("True", "true")
+                                     for e in epochs], dtype=float)  # JSON true, CSV "True"
     return series
 
 
@@ -81,11 +80,11 @@ def _number(value: Any) -> float:
     return math.nan if value is None or value == "" else float(value)
 
 
-def lr_drops(epochs: np.ndarray, lrs: np.ndarray) -> list[float]:
-    """The ends of the epochs after which the lr was divided (by ``DROP_FACTOR`` or more),
-    from the lr each epoch trained with."""
-    return [float(e) for e, before, after in zip(epochs[:-1], lrs[:-1], lrs[1:], strict=True)
-            if after * DROP_FACTOR <= before]
+def lr_drops(epochs: np.ndarray, divided: np.ndarray) -> list[float]:
+    """The ends of the epochs after which the schedule divided the lr: the trainer's own
+    ``lr_divided`` verdict of each epoch row (plateau and step drops; a cosine schedule's
+    tail, which also falls by large factors per epoch, never drops)."""
+    return [float(e) for e, flag in zip(epochs, divided, strict=True) if flag == 1]
 
 
 def run_names(runs: Sequence[str | Path]) -> list[str]:
@@ -119,7 +118,7 @@ def curves_figure(runs: Sequence[str | Path]):
         # epoch e trained over (e - 1, e]: a step from the epoch's start to its end
         axes[3].plot(np.r_[epochs[0] - 1, epochs], np.r_[data["lr"][:1], data["lr"]],
                      color=colour, drawstyle="steps-pre", label=f"{name} lr")
-        for drop in lr_drops(epochs, data["lr"]):
+        for drop in lr_drops(epochs, data["lr_divided"]):
             for ax in axes:
                 ax.axvline(drop, color=colour, linestyle=":", linewidth=1, label="_lr drop")
     for ax, (title, *_) in zip(axes, CURVE_PANELS, strict=False):

@@ -18,7 +18,8 @@ from typing import Any
 
 from vgg.atomic import replace_atomically
 
-METRIC_FIELDS = ("kind", "epoch", "step", "loss", "top1_err", "top5_err", "lr", "grad_norm",
+METRIC_FIELDS = ("kind", "epoch", "step", "loss", "top1_err", "top5_err", "lr", "lr_divided",
+                 "grad_norm",
                  "images_per_s", "data_wait", "max_memory_gib", "val_loss", "val_top1_err",
                  "val_top5_err", "val_n", "nonfinite_steps", "overflow_steps", "time")
 
