@@ -17,6 +17,7 @@ from benchmarks import (
     data_pipeline,
     evaluate_throughput,
     gpu_data,
+    photo_folder,
     train_memory,
     train_throughput,
 )
@@ -24,7 +25,7 @@ from benchmarks.steps import training_flops_per_image
 
 ROOT = Path(__file__).parents[1]
 MODULES = ["train_throughput", "train_memory", "gpu_data", "cifar_speed", "data_pipeline",
-           "evaluate_throughput", "distributed_smoke"]
+           "evaluate_throughput", "distributed_smoke", "photo_folder"]
 
 
 def test_the_bound_is_three_times_the_forward_flops():
@@ -134,3 +135,25 @@ def test_the_gpu_session_needs_neither_wandb_nor_albumentations():
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "imported"
+
+
+def test_photo_folder_holds_the_held_out_images_of_the_classes(tmp_path, capsys):
+    from tests.fakedata import write_cifar
+    from vgg.data.splits import split_images
+    from vgg.errors import UserError
+
+    write_cifar(tmp_path, n_train=400, n_test=10)
+    out = tmp_path / "folder"
+    assert photo_folder.main(["--data_root", str(tmp_path), "--out", str(out), "--classes",
+                              "class3", "class5", "--per_class", "2", "1", "1"]) == 0
+    assert f"{out}: 4 train, 2 val, 2 test" in capsys.readouterr().out
+    held_out = split_images("Cifar10", "val", tmp_path)
+    for split, per_class in (("train", 2), ("val", 1), ("test", 1)):  # read as a user's
+        assert len(split_images("ImageFolder", split, out)) == 2 * per_class
+    for path in sorted(out.glob("*/*/*.jpg")):
+        index = int(path.stem)  # the image's index in the held-out split
+        assert held_out.classes[held_out.labels[index]] == path.parent.name
+        image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(int)
+        assert np.abs(image - held_out.images[index]).mean() < 3  # JPEG, quality 95
+    with pytest.raises(UserError, match="--classes horse: CIFAR-10 has class0"):
+        photo_folder.main(["--data_root", str(tmp_path), "--out", str(out), "--classes", "horse"])
