@@ -50,13 +50,13 @@ from vgg.evaluation import (
     Tally,
     collate_samples,
     parse_train_scale,
-    reported_topk,
     resolve_scales,
     run_protocol,
     sample_indices,
     scale_step,
     scale_warning,
 )
+from vgg.metrics import reported_topk
 from vgg.networks import Network, check_ensemble, network_from_checkpoint, network_from_torchvision
 from vgg.plot import most_confused_pairs, plot_confusion
 from vgg.report import (

@@ -263,6 +263,7 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
                          steps=(data.steps_per_epoch, total_steps),
                          resume_from=(state.epoch, state.step) if resume
                          else None, run_id=state.wandb_run_id, config=resumable.config,
+                         num_classes=data.spec.num_classes,
                          wandb_settings={"mode": cfg.wandb, "project": cfg.wandb_project,
                                          "entity": cfg.wandb_entity})
         state.wandb_run_id = run_log.wandb_run_id

@@ -18,12 +18,12 @@ from vgg.evaluation import (
     log_mean_exp,
     multicrop_inputs,
     paper_scales,
-    reported_topk,
     resolve_scales,
     sample_indices,
     scale_step,
     scale_warning,
 )
+from vgg.metrics import reported_topk
 
 # --------------------------------------------------------------------------- geometry
 

@@ -306,15 +306,14 @@ def test_quickstart_reaches_its_stated_accuracy(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_mnist_reaches_97_percent(tmp_path):
+def test_real_mnist_preset_reaches_99_percent_in_two_epochs(tmp_path):
     if not (MNIST / "MNIST" / "raw").is_dir():
         pytest.skip(f"real MNIST not found at {MNIST}/MNIST/raw (see shared/data/README.md)")
-    # One epoch of the 54,000 training images, annealed by a cosine schedule: about 5
-    # minutes on 2 cores, 98.3% validation accuracy when measured.
+    # The MNIST preset's schedule squeezed into two epochs of the 54,000 training images
+    # (warm-up, then cosine): about 75 s on 2 cores. Its full 18 epochs (README) reach 99.5%.
     run = cli("--config", "configs/mnist.yaml", "--data_root", str(MNIST), "--val_subset",
-              "1000", "--epochs", "1", "--schedule", "cosine", "--workers", "1", "--device",
-              "cpu", "--out_dir", str(tmp_path), "--run_name", "m", "--progress", "false",
-              timeout=3000)  # a hang guard: 10x the idle time
+              "1000", "--epochs", "2", "--out_dir", str(tmp_path), "--run_name", "m",
+              "--progress", "false", timeout=900)  # a hang guard: 10x the idle time
     assert run.returncode == 0, run.stderr
     import dataset_class
     from vgg.checkpoint import model_from_checkpoint
@@ -326,7 +325,7 @@ def test_real_mnist_reaches_97_percent(tmp_path):
     loader = torch.utils.data.DataLoader(test, 500)
     result = validate(model, loader, torch.device("cpu"))
     assert result["n"] == 10_000
-    assert 1 - result["top1_err"] >= 0.97
+    assert 1 - result["top1_err"] >= 0.99
 
 
 def test_width_trains_a_narrow_network_that_its_checkpoint_rebuilds(tmp_path, capsys):
@@ -337,6 +336,24 @@ def test_width_trains_a_narrow_network_that_its_checkpoint_rebuilds(tmp_path, ca
     checkpoint = load_checkpoint(run_dir / "last.pt")
     assert checkpoint["model_args"]["width"] == 0.25
     assert model_from_checkpoint(checkpoint).features[0].out_channels == 16  # 64 x 0.25
+
+
+@pytest.mark.parametrize("classes, shown", [(["a", "b", "c", "d", "e"], False),
+                                             (["a", "b", "c", "d", "e", "f"], True)])
+def test_top5_is_shown_and_logged_only_above_five_classes(tmp_path, capsys, classes, shown):
+    from tests.fakedata import write_image_folder
+    write_image_folder(tmp_path / "photos", classes, per_class=4, splits=("train", "val"))
+    run_dir = tmp_path / "run"
+    argv = tiny(run_dir, "--dataset", "ImageFolder", "--data_root", str(tmp_path / "photos"),
+                "--image_size", "32", "--train_subset", "none", "--val_subset", "none",
+                "--epochs", "1")
+    assert train.main(argv) == 0
+    epoch_line = next(line for line in capsys.readouterr().out.splitlines()
+                      if line.startswith("epoch 1/1"))
+    assert ("top-5" in epoch_line) == shown  # 5 classes or fewer: top-5 is always 0%
+    logged = [row for row in MetricsLog.read(run_dir / "metrics.jsonl")]
+    assert all(("top5_err" in row) == shown for row in logged)
+    assert ("val_top5_err" in logged[-1]) == shown
 
 
 def test_resume_in_a_config_file_works_like_the_flag(tmp_path, capsys):

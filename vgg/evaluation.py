@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from vgg.errors import UserError
-from vgg.metrics import topk_correct
+from vgg.metrics import TOPK, topk_correct
 from vgg.model import VGG
 from vgg.precision import autocast, autocast_dtype, resolve_precision
 from vgg.transforms import single_test_scale
@@ -46,7 +46,6 @@ SCALE_SHORTHANDS = ("single", "multi")
 PAPER_SCALE_STEP = 32  # Sec. 3.2 / Table 4: Q = {S - 32, S, S + 32} for a fixed S ...
 PAPER_IMAGE_SIZE = 224  # ... at the paper's crop size
 FAR_OUTSIDE = 1.5  # a test scale this factor outside the paper's range gets a warning
-TOPK = (1, 5)
 
 
 class EvaluationError(UserError, ValueError):
@@ -350,12 +349,6 @@ def collate_samples(batch: Sequence[tuple[Any, int]]) -> tuple[list[tuple[torch.
 
 
 # --------------------------------------------------------------------------- counting
-
-def reported_topk(num_classes: int) -> tuple[int, ...]:
-    """The top-k errors worth reporting for ``num_classes``: top-5 of 5 classes or fewer is
-    always 0% and is left out."""
-    return tuple(k for k in TOPK if k == 1 or k < num_classes)
-
 
 class Tally:
     """Top-1/top-5 counts, per-class counts and the confusion matrix (rows: true class,

@@ -2,6 +2,8 @@
 
 import torch
 
+TOPK = (1, 5)  # the paper's two error measures
+
 
 def topk_correct(scores: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...] = (1, 5)
                  ) -> torch.Tensor:
@@ -14,3 +16,9 @@ def topk_correct(scores: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...
     rank = (scores >= target_scores).sum(1) - 1
     finite = torch.isfinite(scores).all(1)
     return torch.stack([((rank < k) & finite).sum() for k in ks])
+
+
+def reported_topk(num_classes: int) -> tuple[int, ...]:
+    """The top-k errors worth reporting for ``num_classes``: top-5 of 5 classes or fewer is
+    always 0% and is left out."""
+    return tuple(k for k in TOPK if k == 1 or k < num_classes)

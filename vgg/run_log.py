@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vgg.atomic import replace_atomically
+from vgg.metrics import reported_topk
 
 METRIC_FIELDS = ("kind", "epoch", "step", "loss", "top1_err", "top5_err", "lr", "lr_divided",
                  "grad_norm",
@@ -138,11 +139,14 @@ def duration(seconds: float | None) -> str:
 
 
 def console_line(row: dict[str, Any], epochs: int, eta: float | None) -> str:
-    """An epoch row as the one line the console shows."""
+    """An epoch row as the one line the console shows (top-5 where the row has it)."""
+    def top5(key: str) -> str:
+        return f" top-5 err {row[key]:.2%}" if key in row else ""
+
     return (f"epoch {row['epoch']}/{epochs}  train loss {row['loss']:.4f} top-1 err "
-            f"{row['top1_err']:.2%} top-5 err {row['top5_err']:.2%} | val loss "
-            f"{row['val_loss']:.4f} top-1 err {row['val_top1_err']:.2%} top-5 err "
-            f"{row['val_top5_err']:.2%} ({row['val_n']} images) | lr {row['lr']:.1e}"
+            f"{row['top1_err']:.2%}{top5('top5_err')} | val loss {row['val_loss']:.4f} "
+            f"top-1 err {row['val_top1_err']:.2%}{top5('val_top5_err')} "
+            f"({row['val_n']} images) | lr {row['lr']:.1e}"
             f"{' (divided)' if row['lr_divided'] else ''} | {row['epoch_time']:.0f}s, "
             f"{row['images_per_s']:.0f} img/s | eta {duration(eta)}"
             f"{' | best' if row['best'] else ''}")
@@ -212,8 +216,11 @@ class RunLog:
     def __init__(self, run_dir: Path, *, main: bool, fmt: str, epochs: int,
                  steps: tuple[int, int], progress: bool,
                  resume_from: tuple[int, int] | None, wandb_settings: dict[str, Any],
-                 run_id: str | None, config: dict[str, Any]):
+                 run_id: str | None, config: dict[str, Any], num_classes: int):
         self.main, self.epochs, self.run_dir = main, epochs, run_dir
+        # Top-5 of 5 classes or fewer is always 0%: neither logged nor shown.
+        self.unreported = () if 5 in reported_topk(num_classes) else ("top5_err",
+                                                                       "val_top5_err")
         (self.steps_per_epoch, self.total_steps), self.bar = steps, not plain_progress(progress)
         self.pace = Pace(self.total_steps, first_step=resume_from[1] if resume_from else 0)
         self.metrics = self.wandb = None
@@ -232,6 +239,7 @@ class RunLog:
 
     def log(self, row: dict[str, Any]) -> None:
         """One metrics row (``kind`` train or epoch) to every destination."""
+        row = {k: v for k, v in row.items() if k not in self.unreported}
         if row["kind"] == "epoch":  # the epoch's training speed, as the console showed it
             row = row | {"images_per_s": self.pace.images_per_s}
             self.pace.new_epoch()
