@@ -180,12 +180,14 @@ class Config:
         if self.weights not in architectures:
             raise ConfigError(f"--weights {unknown_weights_name(self.weights)}")
         # Checked before anything is downloaded: the architecture never follows the weights.
-        theirs = architectures[self.weights]
-        if (theirs["version"], theirs["batch_norm"]) != (self.model_version, self.batch_norm):
+        theirs = architectures[self.weights]  # torchvision's, at Table 1's widths
+        if (theirs["version"], theirs["batch_norm"], 1.0) != (self.model_version,
+                                                              self.batch_norm, self.width):
             raise ConfigError(
-                wrong_architecture(f"--weights {self.weights}", theirs) + " (this config: "
-                f"--model_version {self.model_version} --batch_norm "
-                f"{str(self.batch_norm).lower()})")
+                wrong_architecture(f"--weights {self.weights}", theirs, width_here=self.width)
+                + f" (this config: --model_version {self.model_version} --batch_norm "
+                f"{str(self.batch_norm).lower()}"
+                + (f" --width {self.width:g})" if self.width != 1.0 else ")"))
 
     def _validate_numbers(self) -> None:
         """Every numeric option a run would otherwise fail on later (or silently misuse)."""

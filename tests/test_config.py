@@ -60,6 +60,10 @@ def test_precedence_defaults_yaml_flags(tmp_path):
     (["--weights", "VGG16_Weights.IMAGENET1K_V1", "--init_from", "runs/a"], "not both"),
     (["--weights", "VGG11_Weights.IMAGENET1K_V1"], "--model_version A --batch_norm false"),
     (["--weights", "VGG16_BN_Weights.IMAGENET1K_V1"], "--model_version D --batch_norm true"),
+    (["--weights", "VGG16_Weights.IMAGENET1K_V1", "--width", "0.5"],
+     "--batch_norm false --width 1 (this config: --model_version D --batch_norm false --width "
+     "0.5)"),
+    (["--width", "0"], "--width must be a positive channel multiplier"),
     (["--weights", "VGG16_Weights.IMAGENET1K_V1", "--init", "from_A", "--init_from_A", "a.pt"],
      "combined with --init from_A"),
     (["--freeze", "features"], "give --weights or --init_from too"),
