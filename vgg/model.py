@@ -3,8 +3,9 @@
 Layer layout and state-dict keys follow torchvision's ``models/vgg.py`` (``features.N``,
 ``classifier.0/3/6``) so that torchvision's published weights load with ``strict=True``.
 Unlike torchvision, the first FC layer's input follows the training crop
-(``512 * (image_size / 32) ** 2``), so a 32x32 CIFAR image trains a real VGG natively
-instead of an upsampled copy; at ``image_size=224`` the two are identical.
+(``512 * (image_size / 32) ** 2``; 512 is the last conv's channels at Table 1's width),
+so a 32x32 CIFAR image trains a real VGG natively instead of an upsampled copy; at
+``image_size=224`` the two are identical.
 """
 
 from __future__ import annotations

@@ -189,14 +189,15 @@ def model_args_of_state(state: dict[str, torch.Tensor], source: str) -> dict[str
         scores = state["classifier.6.weight"]
     except KeyError as missing:
         raise CheckpointError(f"{source} is not a VGG state dict (no {missing} tensor)") from None
-    channels = round(conv_width(state) * 512)
+    width = conv_width(state)
+    channels = round(width * 512)  # the last conv's
     side = math.isqrt(fc1.shape[1] // channels)
     if side == 0 or channels * side * side != fc1.shape[1]:
         raise CheckpointError(f"{source}'s FC1 takes {fc1.shape[1]} features, not a "
                               f"{channels} x side x side feature map of a VGG")
     args = {"num_classes": scores.shape[0], "in_channels": first_conv.shape[1],
             "image_size": side * DOWNSAMPLING, "fc_width": fc1.shape[0],
-            "width": conv_width(state)}
+            "width": width}
     features = {k: tuple(v.shape) for k, v in state.items() if k.startswith("features.")}
     for version in VERSIONS:
         for batch_norm in (False, True):
