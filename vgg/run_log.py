@@ -96,10 +96,16 @@ def init_wandb(mode: str, *, project: str, entity: str | None, run_dir: Path, na
     ends a run: when it cannot start online (no network on a compute node, a bad key) the
     run logs to W&B offline (``wandb sync`` uploads it later), failing that without W&B,
     after one warning. wandb is imported only here: it is never needed to train."""
-    mode = wandb_mode(mode)
+    requested, mode = mode, wandb_mode(mode)
     if mode == "disabled":
         return None
-    import wandb
+    try:
+        import wandb
+    except ImportError:  # an optional logger (the GPU machines' stack has none)
+        warn(f"W&B was asked for (--wandb {requested}) but wandb is not installed; training "
+             "without W&B (the metrics file is complete). `pip install wandb` to log to it, "
+             "or --wandb disabled to silence this")
+        return None
 
     failures = []
     for attempt in dict.fromkeys((mode, "offline")):
