@@ -59,6 +59,8 @@ def validation_batches(images: np.ndarray, labels: np.ndarray, mean, std, batch_
 def train(args, device: torch.device) -> None:
     images, labels = read_cifar_zip(args.zip)
     kept, held_out = holdout(len(labels), 0.1, 0)
+    # The whole of each split unless a dry run asks for fewer.
+    kept, held_out = kept[:args.train_subset], held_out[:args.val_subset]
     spec = dataset_spec("Cifar10")
     transform = BatchTrainTransform(train_transform(spec, 32))
     loader = ResidentLoader(images[kept], labels[kept], transform, args.batch_size,
@@ -114,6 +116,10 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup_epochs", type=float, default=2.0)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train_subset", type=int, default=None,
+                        help="train on the first N training images only (a dry run)")
+    parser.add_argument("--val_subset", type=int, default=None,
+                        help="validate on the first N held-out images only (a dry run)")
     args = parser.parse_args(argv)
     train(args, steps.resolve_device(args.device))
 
