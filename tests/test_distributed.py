@@ -2,6 +2,7 @@
 through torchrun."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,13 @@ import pytest
 
 from vgg.checkpoint import load_checkpoint
 from vgg.data.sampling import ResumableSampler, ShardSampler, shard_indices
-from vgg.distributed import all_reduce_sum, collective_device
+from vgg.distributed import (
+    Launch,
+    all_reduce_sum,
+    collective_device,
+    first_host,
+    launch_environment,
+)
 from vgg.run_log import MetricsLog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +105,66 @@ def test_one_step_reaches_the_same_verdicts_on_every_process(tmp_path):
     # One all-reduce told rank 0 of rank 1's stop request and summed both shards' totals.
     assert first == second
     assert first["stop"] and first["samples"] == 6 and first["applied"]
+
+
+@pytest.mark.parametrize("nodelist, host", [
+    ("gpu07", "gpu07"), ("gpu[007-010,12],cpu3", "gpu007"), ("n[3,1-2]", "n3"),
+    ("rack[1-2]-n[01-04]", "rack1-n01"), ("gpu-a[08]-ib,gpu-b1", "gpu-a08-ib")])
+def test_first_host_of_a_slurm_node_list(nodelist, host):
+    assert first_host(nodelist) == host
+
+
+SRUN_TASK_3_OF_8 = {"SLURM_JOB_ID": "123456", "SLURM_NTASKS": "8", "SLURM_PROCID": "3",
+                    "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1",
+                    "SLURM_STEP_NODELIST": "gpu[07-10]", "SLURM_JOB_NODELIST": "gpu[07-10]"}
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, Launch("none")),
+    # srun started 8 tasks: SLURM's variables; the master is the step's first node, on a
+    # port derived from the job id (20000 + 123456 % 20000).
+    (SRUN_TASK_3_OF_8, Launch("slurm", 3, 8, 1, "gpu07", 23456)),
+    ({**SRUN_TASK_3_OF_8, "MASTER_ADDR": "login2", "MASTER_PORT": "29400"},
+     Launch("slurm", 3, 8, 1, "login2", 29400)),
+    # The batch script's own process sees the job's task count but is not one of srun's.
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8", "SLURM_PROCID": "0"}, Launch("none")),
+    # srun torchrun ...: torchrun's own variables win.
+    ({**SRUN_TASK_3_OF_8, "WORLD_SIZE": "16", "RANK": "9", "LOCAL_RANK": "1",
+      "MASTER_ADDR": "gpu07", "MASTER_PORT": "29500"},
+     Launch("torchrun", 9, 16, 1, "gpu07", 29500)),
+], ids=["alone", "srun", "srun-master-set", "batch-script", "srun-torchrun"])
+def test_the_launcher_is_recognised_from_the_environment(env, expected):
+    assert launch_environment(env) == expected
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_tasks_started_by_srun_train_as_one_run(tmp_path):
+    """What `srun --ntasks 2 python train.py ...` starts: two processes with SLURM's
+    variables and no torchrun. They must join one process group (gloo here) and train one
+    run, as the torchrun test's two processes do."""
+    command = [sys.executable, "train.py", "--dataset", "Digits", "--model_version", "A",
+               "--fc_width", "16", "--width", "0.25", "--train_subset", "32",
+               "--val_subset", "9", "--batch_size", "16", "--micro_batch_size", "8",
+               "--epochs", "1", "--workers", "0", "--device", "cpu", "--wandb", "disabled",
+               "--progress", "false", "--out_dir", str(tmp_path), "--run_name", "srun"]
+    slurm = {"SLURM_JOB_ID": "99", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2",
+             "SLURM_STEP_NODELIST": "localhost", "MASTER_PORT": str(free_port())}
+    tasks = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, **slurm, "SLURM_PROCID": str(rank),
+                                              "SLURM_LOCALID": str(rank),
+                                              "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"})
+             for rank in range(2)]
+    outputs = [task.communicate(timeout=600) for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], outputs
+    assert "2 process(es)" in outputs[0][0] and "8 x 1 accumulation x 2" in outputs[0][0]
+    checkpoint = load_checkpoint(tmp_path / "srun" / "last.pt")
+    assert checkpoint["step"] == 2 and len(checkpoint["rng"]) == 2  # 32 / 16, both ranks'
+    epochs = [r for r in MetricsLog.read(tmp_path / "srun" / "metrics.jsonl")
+              if r["kind"] == "epoch"]
+    assert [r["val_n"] for r in epochs] == [9]

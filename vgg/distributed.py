@@ -1,9 +1,13 @@
-"""Process-group helpers for ``torchrun`` (DDP on one or many machines); every helper is a
-no-op in a plain single-process run, so the same code runs on one CPU or many GPUs."""
+"""Process-group helpers for DDP on one or many machines, started by ``torchrun`` or directly
+by SLURM's ``srun`` (one task per GPU); every helper is a no-op in a plain single-process
+run, so the same code runs on one CPU or many GPUs."""
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -53,12 +57,57 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     return device
 
 
+@dataclass(frozen=True)
+class Launch:
+    """Where this process stands in its job, as its launcher said: ``launcher`` is torchrun,
+    slurm or none (a plain single process)."""
+    launcher: str
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM host list: ``gpu[007-010,12],cpu3`` -> ``gpu007``,
+    ``rack[1-2]-n[01-04]`` -> ``rack1-n01`` (zero padding kept)."""
+    entry = re.match(r"([^,\[]|\[[^\]]*\])+", nodelist.strip())
+    if entry is None:
+        raise UserError(f"SLURM's node list {nodelist!r} names no host; set MASTER_ADDR")
+    return re.sub(r"\[([^\]]*)\]", lambda m: re.split(r"[,-]", m.group(1))[0], entry.group(0))
+
+
+def launch_environment(env: Mapping[str, str] = os.environ) -> Launch:
+    """torchrun's variables (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``) when it started this
+    process, also inside a SLURM job (``srun torchrun ...``); else SLURM's when ``srun``
+    started it as one task of several (``SLURM_STEP_NUM_TASKS`` is set for srun's tasks only,
+    so a batch script's own process, which also sees ``SLURM_NTASKS``, stays alone). Under
+    srun the master is the step's first node, on ``MASTER_PORT`` if set, else on a port
+    derived from the job id, so two jobs sharing a node do not collide."""
+    if "WORLD_SIZE" in env:
+        return Launch("torchrun", int(env.get("RANK", "0")), int(env["WORLD_SIZE"]),
+                      int(env.get("LOCAL_RANK", "0")), env.get("MASTER_ADDR"),
+                      int(env["MASTER_PORT"]) if "MASTER_PORT" in env else None)
+    if int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
+        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")
+        port = env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000
+        return Launch("slurm", int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]),
+                      int(env.get("SLURM_LOCALID", "0")),
+                      env.get("MASTER_ADDR") or first_host(nodes), int(port))
+    return Launch("none")
+
+
 def init_distributed(device: str = "auto") -> tuple[int, int, int, torch.device]:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1): NCCL on
-    GPUs, gloo on CPUs. Returns ``(rank, world_size, local_rank, device)``; without torchrun
+    """Join the process group when this process is one of several (``launch_environment``):
+    NCCL on GPUs, gloo on CPUs. Returns ``(rank, world_size, local_rank, device)``; alone
     returns ``(0, 1, 0, device)``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    launch = launch_environment()
+    world, local_rank = launch.world_size, launch.local_rank
+    if launch.launcher == "slurm":  # what torchrun would have set, for init_process_group
+        os.environ.update(RANK=str(launch.rank), WORLD_SIZE=str(world),
+                          LOCAL_RANK=str(local_rank), MASTER_ADDR=launch.master_addr,
+                          MASTER_PORT=str(launch.master_port))
     dev = pick_device(device, local_rank)
     if world > 1 and not is_distributed():
         backend = "nccl" if dev.type == "cuda" else "gloo"
