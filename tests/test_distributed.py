@@ -2,12 +2,15 @@
 through torchrun."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from vgg.checkpoint import load_checkpoint
 from vgg.data.sampling import ResumableSampler, ShardSampler, shard_indices
@@ -45,7 +48,6 @@ def test_resumable_sampler_order_depends_only_on_seed_and_epoch():
 
 
 def test_all_reduce_is_identity_alone():
-    import torch
     t = torch.tensor([1.0, 2.0])
     assert all_reduce_sum(t) is t and t.tolist() == [1.0, 2.0]
     assert collective_device() == torch.device("cpu")
@@ -97,7 +99,6 @@ def step_with_a_stop_request_on_rank_1(rank: int, world: int, tmp: str) -> None:
 
 @pytest.mark.slow
 def test_one_step_reaches_the_same_verdicts_on_every_process(tmp_path):
-    import torch
     torch.multiprocessing.spawn(step_with_a_stop_request_on_rank_1, args=(2, str(tmp_path)),
                                 nprocs=2)
     first, second = (torch.load(tmp_path / f"result{r}.pt", weights_only=True)
@@ -168,3 +169,67 @@ def test_two_tasks_started_by_srun_train_as_one_run(tmp_path):
     epochs = [r for r in MetricsLog.read(tmp_path / "srun" / "metrics.jsonl")
               if r["kind"] == "epoch"]
     assert [r["val_n"] for r in epochs] == [9]
+
+
+def torchrun_tiny(run_dir: Path, *extra: str) -> list[str]:
+    """Two gloo processes on Digits: 128 samples / (8 per micro-batch x 2 processes) = 8
+    steps an epoch, 3 epochs, last.pt every 2 steps."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", "2", *extra, "train.py", "--dataset", "Digits",
+            "--model_version", "A", "--width", "0.25", "--fc_width", "16",
+            "--train_subset", "128", "--val_subset", "16", "--batch_size", "16",
+            "--micro_batch_size", "8", "--epochs", "3", "--workers", "0", "--device", "cpu",
+            "--wandb", "disabled", "--progress", "false", "--log_interval", "1",
+            "--checkpoint_interval", "2", "--out_dir", str(run_dir.parent),
+            "--run_name", run_dir.name, "--resume", "auto"]
+
+
+def worker_of_rank(agent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker process of that rank (from its environment)."""
+    for child in Path(f"/proc/{agent}/task/{agent}/children").read_text().split():
+        try:
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return int(child)
+    return None
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_a_killed_worker_and_the_run_ends_as_an_uninterrupted_one(tmp_path):
+    """`torchrun --max-restarts 1 ... --resume auto`: rank 1 is killed (SIGKILL) in the middle
+    of epoch 2; torchrun stops rank 0 and starts both again, they resume from last.pt, and
+    the run ends with the weights, optimizer state and metrics of a run never interrupted."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    whole = subprocess.run(torchrun_tiny(tmp_path / "whole"), cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    cut_dir = tmp_path / "cut"
+    agent = subprocess.Popen(torchrun_tiny(cut_dir, "--max-restarts", "1"), cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, killed = time.monotonic() + 600, False
+    while not killed and time.monotonic() < deadline and agent.poll() is None:
+        steps = [r["step"] for r in MetricsLog.read(cut_dir / "metrics.jsonl")
+                 if r["kind"] == "train"] if (cut_dir / "metrics.jsonl").exists() else []
+        if steps and steps[-1] >= 11:  # epoch 2 of 3, past last.pt at step 10
+            pid = worker_of_rank(agent.pid, 1)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+        time.sleep(0.02)
+    stdout, stderr = agent.communicate(timeout=900)
+    assert killed, "the run ended before rank 1 could be killed: " + stdout + stderr
+    assert agent.returncode == 0, stdout + stderr
+    assert stdout.count("done: best val") == 1 and stdout.count(f"run {cut_dir}") == 2, stdout
+    a, b = (load_checkpoint(d / "last.pt") for d in (tmp_path / "whole", cut_dir))
+    assert a["step"] == b["step"] == 24
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    for key, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][key]
+                           ["momentum_buffer"]), key
+    rows = [MetricsLog.read(d / "metrics.jsonl") for d in (tmp_path / "whole", cut_dir)]
+    assert [r["step"] for r in rows[1] if r["kind"] == "train"] == list(range(1, 25))
+    assert [r["loss"] for r in rows[0] if r["kind"] == "train"] == \
+        [r["loss"] for r in rows[1] if r["kind"] == "train"]
