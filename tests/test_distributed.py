@@ -20,6 +20,7 @@ from vgg.distributed import (
     collective_device,
     first_host,
     launch_environment,
+    restart_store,
 )
 from vgg.run_log import MetricsLog
 
@@ -169,6 +170,23 @@ def test_two_tasks_started_by_srun_train_as_one_run(tmp_path):
     epochs = [r for r in MetricsLog.read(tmp_path / "srun" / "metrics.jsonl")
               if r["kind"] == "epoch"]
     assert [r["val_n"] for r in epochs] == [9]
+
+
+def test_each_torchrun_attempt_meets_under_its_own_keys():
+    """torchrun's agent serves one store for all restarts: what attempt 0's workers published
+    (their addresses) must not be read by attempt 1's, whose peers listen elsewhere."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent = torch.distributed.TCPStore("127.0.0.1", port, 2, is_master=True, wait_for_workers=False)
+    launch = Launch("torchrun", 0, 2, 0, "127.0.0.1", port)
+    agent_env = {"TORCHELASTIC_USE_AGENT_STORE": "True"}
+    first = restart_store(launch, {**agent_env, "TORCHELASTIC_RESTART_COUNT": "0"})
+    second = restart_store(launch, {**agent_env, "TORCHELASTIC_RESTART_COUNT": "1"})
+    first.set("rank_0", "old address")
+    assert not second.check(["rank_0"]) and first.check(["rank_0"])
+    assert restart_store(launch, {}) is None  # not torchrun's agent: torch's env:// store
+    del agent
 
 
 def torchrun_tiny(run_dir: Path, *extra: str) -> list[str]:

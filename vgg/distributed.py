@@ -98,6 +98,20 @@ def launch_environment(env: Mapping[str, str] = os.environ) -> Launch:
     return Launch("none")
 
 
+def restart_store(launch: Launch, env: Mapping[str, str] = os.environ) -> dist.Store | None:
+    """The store this attempt's processes meet in, when torchrun's agent serves one: the agent
+    keeps a single store across ``--max-restarts`` restarts and torch (2.11 to 2.14) no longer
+    prefixes its workers' keys per attempt, so a restarted worker could read the address its
+    dead predecessor published and fail with "Connection refused", or wait forever. Keys under
+    the restart count keep the attempts apart. ``None`` (torch's own ``env://`` store)
+    otherwise."""
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(launch.master_addr, launch.master_port, launch.world_size,
+                          is_master=False, timeout=dist.default_pg_timeout)
+    return dist.PrefixStore(f"vgg/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 def init_distributed(device: str = "auto") -> tuple[int, int, int, torch.device]:
     """Join the process group when this process is one of several (``launch_environment``):
     NCCL on GPUs, gloo on CPUs. Returns ``(rank, world_size, local_rank, device)``; alone
@@ -111,7 +125,8 @@ def init_distributed(device: str = "auto") -> tuple[int, int, int, torch.device]
     dev = pick_device(device, local_rank)
     if world > 1 and not is_distributed():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group(backend=backend, store=restart_store(launch), rank=launch.rank,
+                                world_size=world, device_id=dev if dev.type == "cuda" else None)
     return get_rank(), get_world_size(), local_rank, dev
 
 
