@@ -53,13 +53,14 @@ def test_throughput_prints_mfu_and_the_profile(capsys):
     train_throughput.main(["--device", "cpu", "--image_size", "32", "--batch_size", "2",
                            "--num_classes", "10", "--steps", "1", "--warmup", "1",
                            "--no_compile", "--peak_tflops", "2", "--profile",
-                           "--profile_rows", "3"])
+                           "--profile_rows", "12"])  # a loaded machine reorders the top few
     output = capsys.readouterr().out
     speed, mfu = table_row(output, "ours")[:2]
     flops = training_flops_per_image("A", 32, 10)
     assert float(mfu.rstrip("%")) / 100 == pytest.approx(float(speed) * flops / 2e12,
                                                          rel=0.02, abs=1e-3)
-    assert "profile of 'ours'" in output and "convolution" in output
+    assert "profile of 'ours'" in output
+    assert "convolution" in output.split("profile of 'ours'")[1]
 
 
 def test_memory_table_on_cpu(capsys):
