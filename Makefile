@@ -36,9 +36,9 @@ PYTHON312 ?= python3.12
 DRY_RUN_OUT ?= $(DEVICE_VENV)/dry-run
 
 $(DEVICE_VENV)/.installed: requirements-device-stack.txt
-	@command -v $(PYTHON312) >/dev/null || { echo "make test-device-stack needs Python 3.12" \
-	  "(the GPU machines' version): install it, or name it with PYTHON312=/path/to/python3.12"; \
-	  exit 2; }
+	@$(PYTHON312) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null || { \
+	  echo "make test-device-stack needs Python 3.12 (the GPU machines' version): install" \
+	  "it, or name it with PYTHON312=/path/to/python3.12"; exit 2; }
 	$(PYTHON312) -m venv $(DEVICE_VENV)
 	$(DEVICE_VENV)/bin/pip install -q --disable-pip-version-check -r requirements-device-stack.txt
 	touch $@
