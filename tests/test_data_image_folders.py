@@ -15,6 +15,7 @@ import pytest
 from dataset_class import DatasetNotFoundError, build_dataset, dataset_spec
 from tests.fakedata import class_color, write_image_folder
 from vgg.data.errors import DatasetError
+from vgg.data.image_folders import paths
 from vgg.data.imageset import holdout
 from vgg.data.statistics import MIN_STD
 
@@ -195,3 +196,9 @@ def test_a_fifo_or_a_link_to_a_device_is_not_an_image(tmp_path, device):
     names = [Path(f).name for f in [*train.files, *val.files]]
     assert "trap.png" not in names and "link.png" in names and len(names) == 7
     dataset_spec("ImageFolder", tmp_path, val_fraction=0.2)  # the statistics pass reads them
+
+
+@pytest.mark.parametrize("folder", [".", "/", "a", "a/./b//", "../a", "/tmp/x y"])
+def test_file_paths_are_joined_as_pathlib_joins_them(folder):
+    assert paths(Path(folder), ["0.png", "é.JPEG"]) == [
+        str(Path(folder) / "0.png"), str(Path(folder) / "é.JPEG")]
