@@ -31,7 +31,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from benchmarks.images import write_jpegs
-from vgg.data import ImageFileDataset, ImageSet, dataset_spec
+from vgg.data import ArrayDataset, ImageFileDataset, ImageSet, build_loader, dataset_spec
+from vgg.data.sampling import ResumableSampler, SeededSamples
 from vgg.transforms import COLOR_SHIFT_STD, IMAGENET_EIGVAL, IMAGENET_EIGVEC, train_transform
 
 # albumentations is optional (a GPU machine may lack it): its rows are left out without it.
@@ -90,6 +91,49 @@ def albumentations_transform(scale: tuple[int, int], size: int):
     ])
 
 
+def seeded_samples(folder: str, size: int) -> SeededSamples:
+    """The trainer's training samples (train.py's --data_pipeline workers: each sample's
+    augmentation seeded by its position): at 32 px a CIFAR-like in-memory dataset (pad,
+    crop, flip), at 224 ImageNet's transform on the JPEGs ``prepare`` wrote."""
+    if size == 32:
+        images = np.random.default_rng(0).integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)
+        dataset = ArrayDataset(ImageSet(images, np.zeros(len(images), dtype=np.int64), ("a",)),
+                               train_transform(dataset_spec("Cifar10"), 32))
+    else:
+        files = sorted(str(f) for f in Path(folder).glob("*.JPEG"))
+        dataset = ImageFileDataset(ImageSet(files, np.zeros(len(files), dtype=np.int64),
+                                            ("all",)),
+                                   train_transform(dataset_spec("ImageNet"), size))
+    return SeededSamples(dataset)
+
+
+def prepare(folder: str, images: int = 2048, size: int = 32) -> None:
+    """The JPEGs of ``seeded_rate`` at 224 (none needed at 32)."""
+    if size != 32:
+        write_jpegs(Path(folder), min(images, 256))
+
+
+def seeded_rate(folder: str, images: int = 2048, size: int = 32) -> float:
+    """Images/s of the trainer's per-sample-seeded training samples through a loader with
+    one worker process, as train.py builds it (ResumableSampler's (index, seed) pairs,
+    build_loader), over ``images`` samples after a warm-up batch: one core's rate."""
+    samples = seeded_samples(folder, size)
+    sampler = ResumableSampler(len(samples), seed=0, rank=0, world=1, with_seeds=True)
+    loader = build_loader(samples, 32, train=True, workers=1, drop_last=False,
+                          sampler=sampler)
+    batches, count = iter(loader), 0
+    next(batches)  # the worker's start
+    start = time.perf_counter()
+    while count < images:
+        for _, labels in batches:
+            count += len(labels)
+            if count >= images:
+                break
+        else:
+            batches = iter(loader)
+    return count / (time.perf_counter() - start)
+
+
 def images_per_second(load: Callable[[int], torch.Tensor], count: int, repeats: int) -> float:
     """Median over `repeats` passes over all `count` images, after one warm-up pass."""
     rates = []
@@ -131,10 +175,11 @@ def main(argv: list[str] | None = None) -> None:
             ours = ImageFileDataset(
                 ImageSet(files, np.zeros(len(files), dtype=np.int64), ("all",)),
                 train_transform(dataset_spec("ImageNet"), args.size, scale))
+            trainers = SeededSamples(ours)  # what a loader worker of train.py runs
             reference = torchvision_transform(scale, args.size)
             decoded = [cv2.imread(f, cv2.IMREAD_COLOR_RGB) for f in files]
             contenders = {  # name: (load image i, name of ours to compare with)
-                "ours (OpenCV)": (lambda i: ours[i][0], None),
+                "ours (OpenCV)": (lambda i: trainers[(i, i)][0], None),
                 "torchvision v2, PIL decode": (
                     lambda i: reference(Image.open(files[i]).convert("RGB")), "ours (OpenCV)"),
                 "torchvision v2, decode_jpeg": (
