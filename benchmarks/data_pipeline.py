@@ -8,7 +8,12 @@ JPEGs.
 Both run in this one process with one thread (OpenCV's and torch's pools off), so the figures
 are per core; a loader with N workers scales them by about N. Two torchvision baselines are
 timed: PIL decoding (what ImageFolder does) and torchvision.io.decode_jpeg; albumentations
-gets the same OpenCV decode as ours.
+gets the same OpenCV decode as ours. "ours" is what a loader worker of train.py runs: each
+sample drawn under its own seed (vgg.data.sampling.SeededSamples). The contenders take
+turns pass by pass; each figure is the median of its passes.
+
+``seeded_rate`` (benchmarks.before_after's "seeding" probe) times those per-sample-seeded
+samples through a loader worker, as the trainer builds it.
 """
 
 from __future__ import annotations
@@ -134,15 +139,20 @@ def seeded_rate(folder: str, images: int = 2048, size: int = 32) -> float:
     return count / (time.perf_counter() - start)
 
 
-def images_per_second(load: Callable[[int], torch.Tensor], count: int, repeats: int) -> float:
-    """Median over `repeats` passes over all `count` images, after one warm-up pass."""
-    rates = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        for i in range(count):
-            load(i)
-        rates.append(count / (time.perf_counter() - start))
-    return statistics.median(rates[1:])
+def images_per_second(loads: dict[str, Callable[[int], torch.Tensor]], count: int,
+                      repeats: int) -> dict[str, float]:
+    """Per contender, the median images/s over `repeats` passes over all `count` images,
+    after one warm-up pass; the contenders take turns pass by pass, so a load that changes
+    during the run (a shared machine) weighs on all of them alike."""
+    rates: dict[str, list[float]] = {name: [] for name in loads}
+    for repeat in range(repeats + 1):
+        for name, load in loads.items():
+            start = time.perf_counter()
+            for i in range(count):
+                load(i)
+            if repeat:
+                rates[name].append(count / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 @contextmanager
@@ -197,8 +207,8 @@ def main(argv: list[str] | None = None) -> None:
                         "image"], "ours (OpenCV)")
                 contenders["albumentations, transform only"] = (
                     lambda i: albumentations(image=decoded[i])["image"], "ours, transform only")
-            rates = {name: images_per_second(load, len(files), args.repeats)
-                     for name, (load, _) in contenders.items()}
+            rates = images_per_second({name: load for name, (load, _) in contenders.items()},
+                                      len(files), args.repeats)
 
     print(f"ImageNet training transform, S in [{scale[0]}, {scale[1]}], {args.size}px crops, "
           f"{args.images} JPEGs of ~500x375, one core (torch {torch.__version__}, "
