@@ -119,7 +119,7 @@ class BatchTrainTransform:
         if self.keeps_size(images):
             pixels = gather(images, rows.long(), cols.long())
         else:
-            pixels = resample(images, rows, cols)
+            pixels = resample(images, rows, cols, one_by_one=device.type == "cpu")
         pixels *= row_valid[:, None, :, None] & col_valid[:, None, None, :]
         return self.normalize(pixels, draws.alpha)
 
@@ -218,17 +218,21 @@ def gather(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torc
 
 
 def resample(images: Sequence[torch.Tensor] | torch.Tensor, rows: torch.Tensor,
-             cols: torch.Tensor) -> torch.Tensor:
+             cols: torch.Tensor, one_by_one: bool = True) -> torch.Tensor:
     """float32 (N, C, len(rows), len(cols)): image n bilinearly sampled at rows[n] x cols[n]
     (pixel coordinates within the image, clamped to it), by grid_sample. A same-size batch
     is sampled at once. Images of different sizes are each first cut to the window their
     crop reads (``crop_windows``), and only that is converted to float and sampled: a 224
     crop of a photo rescaled to S reads (224 / S)^2 of it, 38% on average for S in
-    [256, 512], so the cost follows the crop rather than the photo (or the largest photo
-    of the batch, which stacking them would pad every image to)."""
+    [256, 512], so the cost follows the crop rather than the photo. ``one_by_one`` (on a
+    CPU) samples each window alone; else (on a GPU, where a call per image costs more
+    than the bandwidth of padding) the windows are zero-padded to the largest and sampled
+    in one call: the padding is never read, or with weight 0."""
     if isinstance(images, torch.Tensor):
         return sample_grid(images, rows, cols)
     windows, rows, cols = crop_windows(images, rows, cols)
+    if not one_by_one:
+        return sample_grid(stack_padded(windows), rows, cols)
     return torch.cat([sample_grid(window[None], r[None], c[None])
                       for window, r, c in zip(windows, rows, cols, strict=True)])
 
@@ -254,6 +258,17 @@ def crop_windows(images: Sequence[torch.Tensor], rows: torch.Tensor, cols: torch
     cut = [image[:, top:bottom, left:right]
            for image, (top, bottom, left, right) in zip(images, windows, strict=True)]
     return cut, rows - first_row[:, None], cols - first_col[:, None]
+
+
+def stack_padded(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One (N, C, H, W) tensor of images of different sizes, zero-padded at the bottom and
+    right to the largest height and width."""
+    height = max(image.shape[-2] for image in images)
+    width = max(image.shape[-1] for image in images)
+    batch = images[0].new_zeros(len(images), images[0].shape[0], height, width)
+    for slot, image in zip(batch, images, strict=True):
+        slot[:, :image.shape[-2], :image.shape[-1]] = image
+    return batch
 
 
 # ------------------------------------------------------------------------------ decoding
