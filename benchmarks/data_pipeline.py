@@ -8,7 +8,12 @@ JPEGs.
 Both run in this one process with one thread (OpenCV's and torch's pools off), so the figures
 are per core; a loader with N workers scales them by about N. Two torchvision baselines are
 timed: PIL decoding (what ImageFolder does) and torchvision.io.decode_jpeg; albumentations
-gets the same OpenCV decode as ours.
+gets the same OpenCV decode as ours. "ours" is what a loader worker of train.py runs: each
+sample drawn under its own seed (vgg.data.sampling.SeededSamples). The contenders take
+turns pass by pass; each figure is the median of its passes.
+
+``seeded_rate`` (benchmarks.before_after's "seeding" probe) times those per-sample-seeded
+samples through a loader worker, as the trainer builds it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from benchmarks.images import write_jpegs
-from vgg.data import ImageFileDataset, ImageSet, dataset_spec
+from vgg.data import ArrayDataset, ImageFileDataset, ImageSet, build_loader, dataset_spec
+from vgg.data.sampling import ResumableSampler, SeededSamples
 from vgg.transforms import COLOR_SHIFT_STD, IMAGENET_EIGVAL, IMAGENET_EIGVEC, train_transform
 
 # albumentations is optional (a GPU machine may lack it): its rows are left out without it.
@@ -90,15 +96,63 @@ def albumentations_transform(scale: tuple[int, int], size: int):
     ])
 
 
-def images_per_second(load: Callable[[int], torch.Tensor], count: int, repeats: int) -> float:
-    """Median over `repeats` passes over all `count` images, after one warm-up pass."""
-    rates = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        for i in range(count):
-            load(i)
-        rates.append(count / (time.perf_counter() - start))
-    return statistics.median(rates[1:])
+def seeded_samples(folder: str, size: int) -> SeededSamples:
+    """The trainer's training samples (train.py's --data_pipeline workers: each sample's
+    augmentation seeded by its position): at 32 px a CIFAR-like in-memory dataset (pad,
+    crop, flip), at 224 ImageNet's transform on the JPEGs ``prepare`` wrote."""
+    if size == 32:
+        images = np.random.default_rng(0).integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)
+        dataset = ArrayDataset(ImageSet(images, np.zeros(len(images), dtype=np.int64), ("a",)),
+                               train_transform(dataset_spec("Cifar10"), 32))
+    else:
+        files = sorted(str(f) for f in Path(folder).glob("*.JPEG"))
+        dataset = ImageFileDataset(ImageSet(files, np.zeros(len(files), dtype=np.int64),
+                                            ("all",)),
+                                   train_transform(dataset_spec("ImageNet"), size))
+    return SeededSamples(dataset)
+
+
+def prepare(folder: str, images: int = 2048, size: int = 32) -> None:
+    """The JPEGs of ``seeded_rate`` at 224 (none needed at 32)."""
+    if size != 32:
+        write_jpegs(Path(folder), min(images, 256))
+
+
+def seeded_rate(folder: str, images: int = 2048, size: int = 32) -> float:
+    """Images/s of the trainer's per-sample-seeded training samples through a loader with
+    one worker process, as train.py builds it (ResumableSampler's (index, seed) pairs,
+    build_loader), over ``images`` samples after a warm-up batch: one core's rate."""
+    samples = seeded_samples(folder, size)
+    sampler = ResumableSampler(len(samples), seed=0, rank=0, world=1, with_seeds=True)
+    loader = build_loader(samples, 32, train=True, workers=1, drop_last=False,
+                          sampler=sampler)
+    batches, count = iter(loader), 0
+    next(batches)  # the worker's start
+    start = time.perf_counter()
+    while count < images:
+        for _, labels in batches:
+            count += len(labels)
+            if count >= images:
+                break
+        else:
+            batches = iter(loader)
+    return count / (time.perf_counter() - start)
+
+
+def images_per_second(loads: dict[str, Callable[[int], torch.Tensor]], count: int,
+                      repeats: int) -> dict[str, float]:
+    """Per contender, the median images/s over `repeats` passes over all `count` images,
+    after one warm-up pass; the contenders take turns pass by pass, so a load that changes
+    during the run (a shared machine) weighs on all of them alike."""
+    rates: dict[str, list[float]] = {name: [] for name in loads}
+    for repeat in range(repeats + 1):
+        for name, load in loads.items():
+            start = time.perf_counter()
+            for i in range(count):
+                load(i)
+            if repeat:
+                rates[name].append(count / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 @contextmanager
@@ -131,10 +185,11 @@ def main(argv: list[str] | None = None) -> None:
             ours = ImageFileDataset(
                 ImageSet(files, np.zeros(len(files), dtype=np.int64), ("all",)),
                 train_transform(dataset_spec("ImageNet"), args.size, scale))
+            trainers = SeededSamples(ours)  # what a loader worker of train.py runs
             reference = torchvision_transform(scale, args.size)
             decoded = [cv2.imread(f, cv2.IMREAD_COLOR_RGB) for f in files]
             contenders = {  # name: (load image i, name of ours to compare with)
-                "ours (OpenCV)": (lambda i: ours[i][0], None),
+                "ours (OpenCV)": (lambda i: trainers[(i, i)][0], None),
                 "torchvision v2, PIL decode": (
                     lambda i: reference(Image.open(files[i]).convert("RGB")), "ours (OpenCV)"),
                 "torchvision v2, decode_jpeg": (
@@ -152,8 +207,8 @@ def main(argv: list[str] | None = None) -> None:
                         "image"], "ours (OpenCV)")
                 contenders["albumentations, transform only"] = (
                     lambda i: albumentations(image=decoded[i])["image"], "ours, transform only")
-            rates = {name: images_per_second(load, len(files), args.repeats)
-                     for name, (load, _) in contenders.items()}
+            rates = images_per_second({name: load for name, (load, _) in contenders.items()},
+                                      len(files), args.repeats)
 
     print(f"ImageNet training transform, S in [{scale[0]}, {scale[1]}], {args.size}px crops, "
           f"{args.images} JPEGs of ~500x375, one core (torch {torch.__version__}, "

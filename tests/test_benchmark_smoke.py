@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from benchmarks import (
+    before_after,
+    checkpoint_save,
     cifar_speed,
     data_pipeline,
     evaluate_throughput,
@@ -25,7 +27,8 @@ from benchmarks.steps import training_flops_per_image
 
 ROOT = Path(__file__).parents[1]
 MODULES = ["train_throughput", "train_memory", "gpu_data", "cifar_speed", "data_pipeline",
-           "evaluate_throughput", "distributed_smoke", "photo_folder"]
+           "evaluate_throughput", "distributed_smoke", "photo_folder", "before_after",
+           "checkpoint_save", "data_setup"]
 
 
 def test_the_bound_is_three_times_the_forward_flops():
@@ -114,6 +117,26 @@ def test_data_pipeline_and_evaluation_benchmarks(capsys):
                               "--protocols", "center"])
     output = capsys.readouterr().out
     assert "ours (OpenCV)" in output and "| center |" in output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("probe", [["listing", "--files", "60", "--classes", "3"],
+                                   ["seeding", "--images", "64"],
+                                   ["device_augment", "--images", "2"]])
+def test_each_before_after_probe_runs_in_both_checkouts(capsys, probe):
+    """Against this checkout on both sides, which runs every probe the same way."""
+    before_after.main(["--before", str(ROOT), "--rounds", "1", *probe])
+    output = capsys.readouterr().out
+    assert re.search(r"^round 1: before [\d.]+ \S+, after [\d.]+", output, re.MULTILINE)
+    assert "speed-up after / before, per round: median" in output
+
+
+@pytest.mark.slow
+def test_checkpoint_save_times_the_four_ways(capsys, tmp_path):
+    checkpoint_save.main(["--rounds", "1", "--model_version", "A", "--image_size", "32",
+                          "--dir", str(tmp_path)])
+    output = capsys.readouterr().out
+    assert all(way in output for way in checkpoint_save.WAYS)
 
 
 @pytest.mark.slow

@@ -4,14 +4,19 @@ are errors saying what to do."""
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from dataset_class import DatasetNotFoundError, build_dataset, dataset_spec
 from tests.fakedata import class_color, write_image_folder
 from vgg.data.errors import DatasetError
+from vgg.data.image_folders import paths
+from vgg.data.imageset import holdout
 from vgg.data.statistics import MIN_STD
 
 
@@ -101,3 +106,99 @@ def test_val_or_test_without_train_is_not_taken_for_class_folders(tmp_path):
     write_image_folder(tmp_path, ["a", "b"], per_class=2, splits=("val", "test"))
     with pytest.raises(DatasetNotFoundError, match="has val/ and test/ but no train/"):
         build_dataset("ImageFolder", "train", tmp_path, np.asarray)
+
+
+def settle(root) -> None:
+    """Date every folder under ``root`` to one fixed moment in 2023, as a tree nobody is
+    writing to: a listing of a folder modified within seconds is not trusted for reuse."""
+    old = 1_700_000_000
+    for folder in [root, *(p for p in Path(root).rglob("*") if p.is_dir())]:
+        os.utime(folder, (old, old))
+
+
+def listed_as_before(folder: Path) -> list[str]:
+    """The training files in the order the listing had before it was rewritten: sorted
+    class folders, sorted image names in each, joined by pathlib."""
+    classes = sorted(c for c in os.listdir(folder)
+                     if (folder / c).is_dir() and not c.startswith("."))
+    return [str(folder / c / f) for c in classes for f in sorted(os.listdir(folder / c))
+            if f.lower().endswith((".png", ".jpg"))]
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_the_listing_keeps_the_order_so_splits_and_labels_do_not_change(
+        tmp_path, monkeypatch, relative):
+    classes = ["b", "B", "a b", "a", "10", "9", "é"]
+    for label, name in enumerate(classes):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for stem in ("10", "9", "Z", "a", "_x", ".hidden"):
+            cv2.imwrite(str(tmp_path / "train" / name / f"{stem}.png"),
+                        np.full((8, 8, 3), class_color(label), np.uint8))
+        (tmp_path / "train" / name / "notes.txt").write_text("not an image")
+    (tmp_path / "train" / "a" / "UPPER.JPG").write_bytes(
+        cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    root = tmp_path
+    if relative:
+        monkeypatch.chdir(tmp_path)
+        root = Path(".")
+    expected = listed_as_before(root / "train")
+    settle(tmp_path)
+    for _ in range(2):  # the first listing and the kept one
+        train = build_dataset("ImageFolder", "train", root, np.asarray, val_fraction=0.25)
+        val = build_dataset("ImageFolder", "val", root, np.asarray, val_fraction=0.25)
+        kept, held = holdout(len(expected), 0.25, seed=0)
+        assert list(train.files) == [expected[i] for i in kept]
+        assert list(val.files) == [expected[i] for i in held]
+        names = sorted(classes)
+        assert [names[label] for label in train.labels] == [
+            Path(expected[i]).parent.name for i in kept]
+
+
+def test_a_train_folder_is_listed_once_until_it_changes(tmp_path):
+    write_image_folder(tmp_path, ["cat", "dog"], per_class=3, splits=("train",))
+    settle(tmp_path)
+    assert len(build_dataset("ImageFolder", "train", tmp_path, np.asarray,
+                             val_fraction=0.2)) == 5
+    # A file added with the folder's mtime put back, which no real change can do, is not
+    # seen: the first listing was kept. Touching the folder (as any real change does) is.
+    shutil.copy(tmp_path / "train" / "cat" / "0.png", tmp_path / "train" / "cat" / "3.png")
+    settle(tmp_path)
+    assert len(build_dataset("ImageFolder", "train", tmp_path, np.asarray,
+                             val_fraction=0.2)) == 5
+    os.utime(tmp_path / "train" / "cat")
+    assert len(build_dataset("ImageFolder", "train", tmp_path, np.asarray,
+                             val_fraction=0.2)) == 6
+    # A folder changed seconds ago is listed again at every call: a second change within
+    # the same clock tick would leave its mtime as it was.
+    shutil.copy(tmp_path / "train" / "cat" / "0.png", tmp_path / "train" / "cat" / "4.png")
+    mtime = (tmp_path / "train" / "cat").stat().st_mtime_ns
+    assert len(build_dataset("ImageFolder", "train", tmp_path, np.asarray,
+                             val_fraction=0.2)) == 6  # 8 files, 2 held out
+    shutil.copy(tmp_path / "train" / "cat" / "0.png", tmp_path / "train" / "cat" / "5.png")
+    os.utime(tmp_path / "train" / "cat", ns=(mtime, mtime))
+    assert len(build_dataset("ImageFolder", "train", tmp_path, np.asarray,
+                             val_fraction=0.2)) == 7  # 9 files, 2 held out
+
+
+@pytest.mark.parametrize("device", ["fifo", "/dev/zero"])
+def test_a_fifo_or_a_link_to_a_device_is_not_an_image(tmp_path, device):
+    """Opening a FIFO blocks until a writer comes, and /dev/zero never ends: train.py
+    waited forever on a file named like an image."""
+    write_image_folder(tmp_path, ["cat", "dog"], per_class=3, splits=("train",))
+    trap = tmp_path / "train" / "cat" / "trap.png"
+    if device == "fifo":
+        os.mkfifo(trap)
+    else:
+        trap.symlink_to(device)
+    (tmp_path / "train" / "dog" / "link.png").symlink_to(tmp_path / "train" / "dog" / "0.png")
+    train = build_dataset("ImageFolder", "train", tmp_path, np.asarray, val_fraction=0.2)
+    val = build_dataset("ImageFolder", "val", tmp_path, np.asarray, val_fraction=0.2)
+    names = [Path(f).name for f in [*train.files, *val.files]]
+    assert "trap.png" not in names and "link.png" in names and len(names) == 7
+    dataset_spec("ImageFolder", tmp_path, val_fraction=0.2)  # the statistics pass reads them
+
+
+@pytest.mark.parametrize("folder", [".", "/", "a", "a/./b//", "../a", "/tmp/x y"])
+def test_file_paths_are_joined_as_pathlib_joins_them(folder):
+    assert paths(Path(folder), ["0.png", "é.JPEG"]) == [
+        str(Path(folder) / "0.png"), str(Path(folder) / "é.JPEG")]

@@ -10,7 +10,14 @@ import torch
 import torchvision
 
 from benchmarks.images import write_jpegs
-from vgg.data.gpu import BatchTrainTransform, Draws, JpegLoader, decode_jpegs
+from vgg.data.gpu import (
+    BatchTrainTransform,
+    Draws,
+    JpegLoader,
+    decode_jpegs,
+    resample,
+    rescaled_sizes,
+)
 from vgg.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -91,6 +98,38 @@ def test_a_batch_of_mixed_sizes_is_each_image_on_its_own():
                                int(draws.top[i]), int(draws.left[i]), bool(draws.flip[i]),
                                alpha)
         assert (grey_levels(got[i], alpha) - grey_levels(expected, alpha)).abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("one_by_one", [True, False])
+def test_only_each_crops_window_is_sampled_and_no_pixel_changes(one_by_one):
+    """Images are cut to the window their crop reads before the float conversion, then
+    sampled one by one (CPU) or padded to one batch (GPU): either way, the result is what
+    bilinear sampling of each whole image gives (torch's grid_sample on it, computed here),
+    for draws over the whole range of S, flips and positions; and so is apply's."""
+    shapes = [(375, 500), (500, 375), (281, 500), (333, 500), (500, 500), (260, 300)]
+    images = [decoded_jpeg(h, w, seed) for seed, (h, w) in enumerate(shapes * 4)]
+    cpu = TrainTransform(224, (256, 512), IMAGENET_MEAN, IMAGENET_STD, hflip=True)
+    transform = BatchTrainTransform(cpu)
+    height, width = (torch.tensor([image.shape[i] for image in images]) for i in (1, 2))
+    draws = transform.draw(height, width, torch.Generator().manual_seed(3))
+    out_h, out_w = rescaled_sizes(height, width, draws.scale)
+    # the source pixel centres of the crop's output pixels (vgg.transforms), flipped
+    rows = ((draws.top[:, None] + torch.arange(224) + 0.5) * (height / out_h)[:, None]
+            - 0.5).clamp(min=0).minimum((height - 1)[:, None])
+    cols = ((draws.left[:, None] + torch.arange(224) + 0.5) * (width / out_w)[:, None]
+            - 0.5).clamp(min=0).minimum((width - 1)[:, None])
+    cols = torch.where(draws.flip[:, None], cols.flip(1), cols)
+    got = resample(images, rows, cols, one_by_one)
+    augmented = transform.apply(images, draws)
+    for i, image in enumerate(images):
+        grid = torch.stack(torch.broadcast_tensors(
+            (cols[i] / (width[i] - 1) * 2 - 1)[None, :],
+            (rows[i] / (height[i] - 1) * 2 - 1)[:, None]), dim=-1).float()[None]
+        whole = torch.nn.functional.grid_sample(image[None].float(), grid, mode="bilinear",
+                                                align_corners=True)[0].double()
+        np.testing.assert_allclose(got[i].double(), whole, atol=0.02)
+        alpha = draws.alpha[i].double().numpy()
+        np.testing.assert_allclose(grey_levels(augmented[i], alpha), whole, atol=0.02)
 
 
 def test_train_transform_itself_for_a_draw_it_cannot_vary():

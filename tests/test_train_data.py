@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from config import Config
+from tests.fakedata import write_image_folder
 from vgg.model import build_vgg
 from vgg.train_data import build_data
 
@@ -28,3 +29,19 @@ def test_the_papers_input_convention_feeds_pixels_minus_the_mean_and_scales_laye
     with torch.no_grad():
         ratio = conv1(x_paper[None]).abs().mean() / conv1(x_unit[None]).abs().mean()
     assert abs(ratio - 255 * std) < 1e-3 * 255 * std
+
+
+def test_the_device_pipeline_on_a_cpu_warns_for_image_files_and_names_the_faster_one(
+        tmp_path, capsys):
+    """On a CPU, --data_pipeline device decodes and samples image files more slowly than the
+    workers' OpenCV path (README, Benchmarks): it says so, and only for image files."""
+    write_image_folder(tmp_path, ["cat", "dog"], per_class=5, splits=("train",),
+                       extension=".jpg")
+    build_data(Config(dataset="ImageFolder", data_root=str(tmp_path), image_size=32,
+                      data_pipeline="device", workers=0), 0, 1)
+    assert "--data_pipeline workers" in capsys.readouterr().err
+    for cfg in (digits(data_pipeline="device"),
+                Config(dataset="ImageFolder", data_root=str(tmp_path), image_size=32,
+                       workers=0)):
+        build_data(cfg, 0, 1)
+        assert "--data_pipeline" not in capsys.readouterr().err

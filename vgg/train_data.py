@@ -21,6 +21,7 @@ from vgg.data.gpu import BatchTrainTransform, JpegLoader
 from vgg.data.resident import ResidentLoader
 from vgg.data.sampling import ResumableSampler, SeededSamples, ShardSampler
 from vgg.errors import UserError
+from vgg.run_log import warn
 from vgg.transforms import single_test_scale
 
 
@@ -128,5 +129,10 @@ def train_batches(cfg: Any, train_set: Dataset, micro: int, rank: int, world: in
     labels = dataset.labels[indices]
     if isinstance(dataset, ArrayDataset):
         return ResidentLoader(dataset.images[indices], labels, transform, micro, **common)
+    if device.type == "cpu" and rank == 0:
+        warn("--data_pipeline device on a CPU decodes and augments image files more slowly "
+             "per core than --data_pipeline workers (JPEG decoding and float sampling "
+             "against OpenCV's decode and uint8 warp: README, Benchmarks); it is the faster "
+             "choice on a CPU for in-memory datasets only. Use --data_pipeline workers here")
     return JpegLoader([dataset.files[i] for i in indices], labels, transform, micro,
                       threads=max(cfg.workers, 1), **common)

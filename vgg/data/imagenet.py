@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from vgg.data.decoding import IMAGE_EXTENSIONS
 from vgg.data.errors import DatasetError, DatasetNotFoundError
 from vgg.data.files import data_root_hint
-from vgg.data.image_folders import class_folders, class_names
+from vgg.data.image_folders import class_folders, class_names, image_files, paths
 from vgg.data.imageset import ImageSet
 
 DEVKIT = "ILSVRC2012_devkit_t12"
@@ -47,15 +46,14 @@ def _val_from_devkit(folder: Path) -> ImageSet:
     wnid_of_id = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets
                   if int(s["num_children"]) == 0}  # the 1000 leaves; the rest are ancestors
     ground_truth = _devkit_file(folder, "data/ILSVRC2012_validation_ground_truth.txt").split()
-    files = sorted(e.name for e in os.scandir(folder / "val")
-                   if e.name.lower().endswith(IMAGE_EXTENSIONS))
+    files = image_files(folder / "val")
     if len(files) != len(ground_truth):
         raise DatasetError(f"{folder / 'val'} holds {len(files)} images but the devkit labels "
                            f"{len(ground_truth)}: the validation set is incomplete")
     classes = tuple(sorted(wnid_of_id.values()))
     label_of_wnid = {wnid: label for label, wnid in enumerate(classes)}
     labels = [label_of_wnid[wnid_of_id[int(i)]] for i in ground_truth]
-    return ImageSet([str(folder / "val" / f) for f in files],
+    return ImageSet(paths(folder / "val", files),
                     np.array(labels, dtype=np.int64), classes)
 
 

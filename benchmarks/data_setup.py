@@ -1,0 +1,55 @@
+"""Seconds from a run's configuration to its loaders on an ImageFolder of many files: what
+train.py spends before its first step listing train/ (once per process since issue 26;
+three times before), measuring the statistics on a sample, holding out the validation
+split. The tree is hard links to a few tiny JPEGs, so the listing dominates.
+
+    python -m benchmarks.data_setup --files 200000     # this checkout alone
+    python -m benchmarks.before_after --before /tmp/before listing --files 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.images import write_jpegs
+from config import Config
+from vgg.train_data import build_data
+
+
+def prepare(folder: str, files: int = 100_000, classes: int = 1000) -> None:
+    """<folder>/train/<class>/<i>.JPEG: ``files`` hard links to 16 tiny JPEGs, in
+    ``classes`` class folders."""
+    sources = write_jpegs(Path(folder), 16, shapes=[(48, 64)])
+    for label in range(classes):
+        (Path(folder) / "train" / f"n{label:08d}").mkdir(parents=True)
+    for i in range(files):
+        os.link(sources[i % len(sources)],
+                Path(folder) / "train" / f"n{i % classes:08d}" / f"{i}.JPEG")
+
+
+def setup_seconds(folder: str, files: int = 100_000, classes: int = 1000) -> float:
+    """Seconds of vgg.train_data.build_data for a run on the tree ``prepare`` wrote (the
+    default 10% held out for validation), as train.py calls it."""
+    start = time.perf_counter()
+    build_data(Config(dataset="ImageFolder", data_root=folder, image_size=32, workers=0),
+               0, 1)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--classes", type=int, default=1000)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        prepare(folder, args.files, args.classes)
+        seconds = setup_seconds(folder, args.files, args.classes)
+    print(f"{args.files} files in {args.classes} class folders: data set up in {seconds:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
