@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tests.evalnets import softmax_of, tiny
+from tests.evalnets import hidden_of, softmax_of, spread_scores, tiny
 from vgg.evaluation import (
     EvaluationError,
     Evaluator,
@@ -115,43 +115,60 @@ def test_dense_at_q_equal_image_size_is_center(batch_norm):
                                Evaluator([model], "center").posteriors([(symmetric,)]))
 
 
+def far_apart(a, b, margin=0.05):
+    """The largest posterior difference of two averaging orders is well beyond tolerance:
+    the test can tell them apart (issue 21: with a plain tiny network it could not)."""
+    return (a - b).abs().max() > margin
+
+
+def windows(model, image):
+    """The ``image_size`` windows of the conv feature map, flattened: FC1's input at every
+    position of the class-score map (what FC-as-conv computes), as (positions, features)."""
+    side = model.image_size // 32
+    with torch.no_grad():
+        fmap = model.features(image[None])[0]
+    return torch.stack([fmap[:, i:i + side, j:j + side].reshape(-1)
+                        for i in range(fmap.shape[1] - side + 1)
+                        for j in range(fmap.shape[2] - side + 1)])
+
+
 def test_dense_averages_the_score_map_then_softmaxes():
-    """Independent truth: the FC classifier applied at every position of the conv feature
-    map (what FC-as-conv computes), scores averaged over positions, then softmax."""
+    """Independent truth: the score map by hand (the FC classifier at every position of the
+    feature map), averaged over positions, then softmax; the image's and its mirror's
+    posteriors averaged. Scores differ by position and between the flips (hand-set class
+    layer), so softmax-then-average, or averaging the flip pair's scores, is far off."""
     model = tiny(image_size=64)  # FC1 sees a 2x2x512 window: a real 2x2 kernel
     image = torch.randn(3, 96, 128)  # feature map 3x4 -> score map 2x3
+    inputs = [windows(model, image), windows(model, image.flip(-1))]
     with torch.no_grad():
-        features = model.features(image[None])[0]
-        flipped = model.features(image.flip(-1)[None])[0]
-
-        def averaged_scores(fmap):
-            scores = [model.classifier(fmap[:, i:i + 2, j:j + 2].reshape(1, -1))
-                      for i in range(fmap.shape[1] - 1) for j in range(fmap.shape[2] - 1)]
-            assert len(scores) == 6
-            return torch.cat(scores).mean(0, keepdim=True)
-
-        expected = 0.5 * (averaged_scores(features).softmax(1)
-                          + averaged_scores(flipped).softmax(1))
-    got = Evaluator([model], "dense").posteriors([(image,)])
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
-
-
-def test_dense_groups_images_of_different_sizes():
-    model = tiny()
-    images = [torch.randn(3, 32, 48), torch.randn(3, 40, 32), torch.randn(3, 32, 48)]
-    together = Evaluator([model], "dense", batch_size=1).posteriors([(i,) for i in images])
-    alone = torch.cat([Evaluator([model], "dense").posteriors([(i,)]) for i in images])
-    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-6)
+        hidden = [model.classifier[:-1](x) for x in inputs]
+        spread_scores(model, torch.cat(hidden), 20.0, centre=hidden[0])  # the mirror: not 0
+        maps = [model.classifier(x) for x in inputs]
+    assert all(len(m) == 6 for m in maps)
+    expected = 0.5 * (maps[0].mean(0).softmax(0) + maps[1].mean(0).softmax(0))
+    got = Evaluator([model], "dense").posteriors([(image,)])[0]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    softmax_first = 0.5 * (maps[0].softmax(1).mean(0) + maps[1].softmax(1).mean(0))
+    flip_scores_averaged = (0.5 * (maps[0].mean(0) + maps[1].mean(0))).softmax(0)
+    assert far_apart(softmax_first, expected) and far_apart(flip_scores_averaged, expected)
+    no_flip = Evaluator([model], "dense", flip=False).posteriors([(image,)])[0]
+    torch.testing.assert_close(no_flip, maps[0].mean(0).softmax(0), rtol=1e-4, atol=1e-5)
 
 
 def test_multicrop_averages_50_crop_posteriors():
+    """The 50 crops' posteriors averaged, by hand; with scores that differ by tens between
+    crops, averaging their scores instead is far off."""
     model = tiny()
     image = torch.randn(3, 36, 44)
     tops, lefts = [0, 1, 2, 3, 4], [0, 3, 6, 9, 12]
     crops = torch.stack([image[:, t:t + 32, l:l + 32] for t in tops for l in lefts])
-    expected = 0.5 * (softmax_of(model, crops).mean(0) + softmax_of(model, crops.flip(-1)).mean(0))
+    crops = torch.cat([crops, crops.flip(-1)])
+    spread_scores(model, hidden_of(model, crops))
+    expected = softmax_of(model, crops).mean(0)
     got = Evaluator([model], "multicrop", batch_size=7).posteriors([(image,)])
-    torch.testing.assert_close(got[0], expected)
+    torch.testing.assert_close(got[0], expected, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        assert far_apart(model(crops).mean(0).softmax(0), expected)
 
 
 def test_scales_networks_and_dense_plus_multicrop_average_posteriors():
