@@ -283,3 +283,24 @@ def test_class_scores_stay_fp32_under_bf16_autocast():
     torch.testing.assert_close(dense_scores.flatten(1), scores, rtol=0.05, atol=0.05)
     # Its state-dict keys stay torchvision's.
     assert {"classifier.6.weight", "classifier.6.bias"} <= set(model.state_dict())
+
+
+def test_dropout_in_training_matches_torchvision_with_the_same_seed():
+    """Sec. 3.1's dropout 0.5 after FC1 and FC2, checked in training mode (the comparison
+    above runs in eval mode, where dropout is off): torchvision's vgg11 with the same
+    weights and the same seed draws the same two masks, so the outputs are equal; a
+    different rate on either layer draws other masks."""
+    reference = random_torchvision_vgg("vgg11").train()
+    ours = meta_vgg("A")
+    ours.load_state_dict(reference.state_dict(), strict=True, assign=True)
+    ours.train()
+    features = torch.randn(4, 512 * 7 * 7, generator=torch.Generator().manual_seed(2))
+    features = features.relu()
+    outputs = []
+    for model in (reference, ours):
+        torch.manual_seed(3)
+        with torch.no_grad():
+            outputs.append(model.classifier(features))
+    assert torch.equal(outputs[0], outputs[1])
+    with torch.no_grad():
+        assert not torch.equal(ours.eval().classifier(features), outputs[1])  # dropout is on
