@@ -1,7 +1,11 @@
-"""vgg/train_state.py: the resumable state survives a real checkpoint file unchanged."""
+"""vgg/train_state.py: the resumable state survives a real checkpoint file unchanged, and a
+run resumed from it continues as the uninterrupted run."""
 
+import pytest
 import torch
 
+import train
+from tests.test_train_cli import assert_same_state, rows, tiny
 from vgg.checkpoint import load_checkpoint, save_checkpoint
 from vgg.engine import StepResult
 from vgg.train_state import TrainState
@@ -32,3 +36,37 @@ def test_checkpoints_from_before_overflow_counting_still_load():
     state = TrainState()
     state.load_state_dict(old)
     assert state.overflow_steps == 0
+
+
+def test_a_resume_across_plateau_drops_continues_the_schedule_exactly(tmp_path):
+    """Issue 21.3: a run stopped before and after real plateau drops (patience 1; the
+    threshold makes every epoch after the first a bad one: drops after epochs 3 and 5) and
+    resumed twice ends as the uninterrupted run: every optimizer state tensor and group, the
+    schedule's state, and the lr column of every metrics row. The first stop (step 5,
+    epoch 3) carries a bad epoch across the resume, the second (step 7, epoch 4) a drop.
+    Epochs of 2 steps (32 digits, batch 16)."""
+    plateau = ("--epochs", "5", "--schedule", "plateau", "--plateau_patience", "1",
+               "--plateau_threshold", "1.0", "--train_subset", "32", "--val_subset", "16")
+    assert train.main(tiny(tmp_path / "full", *plateau)) == 0
+    assert train.main(tiny(tmp_path / "cut", *plateau, "--max_steps", "5")) == 0
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["scheduler"]["bad_epochs"] == 1
+    assert train.main(["--resume", str(tmp_path / "cut"), "--max_steps", "7"]) == 0
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["scheduler"]["drops"] == 1
+    assert train.main(["--resume", str(tmp_path / "cut"), "--max_steps", "none"]) == 0
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert resumed["step"] == full["step"] == 10
+    assert resumed["scheduler"] == full["scheduler"]
+    assert full["scheduler"]["drops"] == 2
+    assert resumed["optimizer"]["param_groups"] == full["optimizer"]["param_groups"]
+    assert full["optimizer"]["state"].keys() == resumed["optimizer"]["state"].keys()
+    for key, state in full["optimizer"]["state"].items():
+        assert_same_state(state, resumed["optimizer"]["state"][key])
+    assert_same_state(full["model"], resumed["model"])
+    lrs = {run: [(r["step"], r["lr"]) for r in rows(tmp_path / run, "train")]
+           for run in ("full", "cut")}
+    assert lrs["cut"] == lrs["full"]
+    assert [lr for _, lr in lrs["full"]] == pytest.approx([1e-2] * 6 + [1e-3] * 4)
+    epochs = {run: [(r["epoch"], r["lr"], r["lr_divided"]) for r in rows(tmp_path / run, "epoch")]
+              for run in ("full", "cut")}
+    assert epochs["cut"] == epochs["full"]
