@@ -17,6 +17,7 @@ from vgg.evaluation import (
     grid_positions,
     log_mean_exp,
     multicrop_inputs,
+    network_scales,
     paper_scales,
     resolve_scales,
     sample_indices,
@@ -320,3 +321,64 @@ def test_limit_takes_a_seeded_sample_across_the_split():
     assert len(set(sample)) == 10 and sample == sorted(sample)
     assert {labels[i] for i in sample} == {0, 1}
     assert sample_indices(100, None) == sample_indices(100, 500) == list(range(100))
+
+
+# --------------------------------------------------------------------------- ensembles
+
+def test_each_network_of_an_ensemble_gets_the_q_of_its_own_s():
+    """Issue 21.11: Sec. 3.2 tests a net at the Q of its S (Tables 3-4), and Table 6 averages
+    the posteriors of nets so tested; integers Q apply to every network."""
+    nets = [((256, 256), 224), ((384, 384), 224), ((256, 512), 224)]
+    assert network_scales(["single"], nets) == ([256, 384], [[0], [1], [1]])
+    union, indices = network_scales(["multi"], nets)
+    assert union == [224, 256, 288, 352, 384, 416, 512]
+    assert [[union[i] for i in chosen] for chosen in indices] == \
+        [[224, 256, 288], [352, 384, 416], [256, 384, 512]]
+    assert network_scales([300], nets) == ([300], [[0], [0], [0]])
+    with pytest.raises(EvaluationError, match="--train_scale"):
+        network_scales(["single"], [((256, 256), 224), (None, 224)])
+
+
+def test_an_ensemble_averages_each_networks_own_scales_then_the_networks():
+    a, b = tiny(0), tiny(1)
+    small, large = torch.randn(3, 32, 40), torch.randn(3, 48, 60)  # one image at two scales
+
+    def single(model, image):
+        return Evaluator([model], "dense").posteriors([(image,)])
+
+    got = Evaluator([a, b], "dense", scale_indices=[[0], [0, 1]]).posteriors([(small, large)])
+    expected = 0.5 * (single(a, small) + 0.5 * (single(b, small) + single(b, large)))
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(EvaluationError, match="2 networks"):
+        Evaluator([a, b], "dense", scale_indices=[[0]])
+
+
+def test_an_ensemble_of_different_training_scales_is_evaluated_at_each_ones_q(tmp_path,
+                                                                               capsys):
+    """End to end: nets trained at S = 32 and S = 40 (--scale single: Q = 32 and Q = 40),
+    checked against each network's own posteriors at its own Q."""
+    import json
+
+    from tests.evalnets import save_tiny_checkpoint
+    from tests.test_evaluate_cli import digits_inputs, run_cli
+
+    models = [save_tiny_checkpoint(tmp_path / f"s{s}.pt", seed=i, train_scale=(s, s))
+              for i, s in enumerate((32, 40))]
+    out = tmp_path / "r.json"
+    assert run_cli("--checkpoint", tmp_path / "s32.pt", tmp_path / "s40.pt", "--protocol",
+                   "center", "--limit", 6, "--workers", 0, "--out", out,
+                   "--progress", "false") == 0
+    results = json.loads(out.read_text())
+    assert results["scales"] == [32, 40] and results["network_scales"] == [[32], [40]]
+    printed = capsys.readouterr().out
+    assert "Q of " + str(tmp_path / "s32.pt") + ": 32\n" in printed
+    assert "Q of " + str(tmp_path / "s40.pt") + ": 40\n" in printed
+    images, labels = digits_inputs([32, 40], 6)
+    with torch.no_grad():
+        by_hand = torch.stack([0.5 * (softmax_of(models[0], center_crop(q32, 32)[None])[0]
+                                      + softmax_of(models[1], center_crop(q40, 32)[None])[0])
+                               for q32, q40 in images])
+    tally = Tally(10)
+    tally.update(by_hand, labels)
+    assert results["top1_correct"] == tally.summary()["top1_correct"]
+    assert results["top5_correct"] == tally.summary()["top5_correct"]
