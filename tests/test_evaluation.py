@@ -72,6 +72,7 @@ def test_paper_scales():
     assert paper_scales([256, 512], "single") == [384]
     assert paper_scales([256, 512], "multi") == [256, 384, 512]
     assert resolve_scales(["multi", "256", 320], (256, 512), 224) == [256, 320, 384, 512]
+    assert resolve_scales([320, "single"], (256, 256), 224) == [256, 320]  # both kept
     assert resolve_scales([32], None, 32) == [32]
 
 
@@ -84,6 +85,8 @@ def test_bad_scales_are_clear_errors():
         resolve_scales(["single"], None, 224)
     with pytest.raises(EvaluationError, match="integers or one of"):
         resolve_scales(["big"], (256, 256), 224)
+    with pytest.raises(EvaluationError, match="below the network's image size 32"):
+        resolve_scales(["-32"], None, 32)  # an integer, negative: not an unknown word
     with pytest.raises(EvaluationError, match="unknown protocol"):
         Evaluator([tiny()], "ten-crop")
 
@@ -307,6 +310,21 @@ def test_a_scale_far_from_the_papers_is_warned_with_the_papers_q():
     assert scale_warning([384], (256, 512), 224) is None
     assert scale_warning([2000], (256, 512), 224) is not None
     assert scale_warning([256], None, 224) is None  # unknown S: nothing to compare
+
+
+def test_the_far_scale_warning_starts_1_5x_outside_the_papers_range():
+    """Tables 3-4 test S = [48;96] at Q in {48, 72, 96}: Q from 48 / 1.5 = 32 to 96 x 1.5 =
+    144 pass, one pixel further is warned (with the ratio to the single Q, 72); a fixed S
+    = 40 at image size 32 has the range {35, 40, 45} (step 5), not the 224 step's {8, 40,
+    72}; a fixed S = 256 at 224 reaches 224 / 1.5 and 288 x 1.5 = 432."""
+    assert scale_warning([32, 144], (48, 96), 32) is None
+    assert "Q=31,145 " in scale_warning([31, 145], (48, 96), 32)
+    assert "S=[48;96]" in scale_warning([145], (48, 96), 32)
+    assert "2.0x" in scale_warning([145], (48, 96), 32)  # 145 / 72
+    assert scale_warning([67], (40, 40), 32) is None
+    assert "S=40:" in scale_warning([100], (40, 40), 32)
+    assert scale_warning([150, 432], (256, 256), 224) is None
+    assert scale_warning([433], (256, 256), 224) is not None
 
 
 def test_top5_is_reported_only_above_5_classes():

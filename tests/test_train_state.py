@@ -28,6 +28,26 @@ def test_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     assert torch.equal(loaded.rng[0]["torch"], state.rng[0]["torch"])
     assert loaded.end_epoch(0.4) and (loaded.epoch, loaded.position) == (1, 0)
     assert not loaded.end_epoch(0.3) and loaded.best_top1 == 0.4
+    assert not loaded.end_epoch(0.4)  # equal is not better: best.pt stays the first
+
+
+def test_counters_add_up_every_kind_of_step():
+    """Hand-counted: two applied steps, two diverged, two fp16 overflows; the gradient norm
+    averages over the applied steps only."""
+    state = TrainState()
+    for result in (StepResult(1.0, 1, 1, 2, 0.5, True, True, False),
+                   StepResult(float("nan"), 0, 0, 2, float("nan"), False, False, False),
+                   StepResult(1.0, 1, 1, 2, float("inf"), True, False, False),
+                   StepResult(1.0, 1, 1, 2, 1.5, True, True, False),
+                   StepResult(float("nan"), 0, 0, 2, float("nan"), False, False, False),
+                   StepResult(1.0, 1, 1, 2, float("inf"), True, False, False)):
+        state.record(result, 2)
+    assert (state.step, state.nonfinite_steps, state.overflow_steps) == (6, 2, 2)
+    totals = state.epoch_totals
+    assert (totals.applied, totals.grad_norm_sum, totals.samples) == (2, 2.0, 8)
+    one = TrainState()
+    one.record(StepResult(3.0, 1, 1, 1, 0.1, True, True, False), 1)
+    assert one.epoch_totals.errors() == {"loss": 3.0, "top1_err": 0.0, "top5_err": 0.0}
 
 
 def test_checkpoints_from_before_overflow_counting_still_load():
