@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vgg.configuration import ConfigError
+
 if TYPE_CHECKING:
     from vgg.data.registry import DatasetSpec
 
@@ -80,8 +82,6 @@ def check_input_convention(record: dict | None, convention: str, source: str) ->
         return
     trained = input_convention(record["std"])
     if trained != convention:
-        from vgg.configuration import ConfigError
-
         inputs = {"paper": "Caffe's 0-255 pixels minus the mean RGB",
                   "dataset": "unit-scale (pixel/255 - mean) / std"}
         raise ConfigError(
