@@ -87,7 +87,8 @@ class Config:
     nesterov: bool = False  # Nesterov momentum (SGD)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
     weight_decay: float = 5e-4  # L2 multiplier (SGD) / decoupled decay (AdamW)
-    decay_norm_and_bias: bool = True  # decay biases and norm weights too (the paper did)
+    # The paper says only "weight decay 5e-4"; read as on every parameter, biases included
+    decay_norm_and_bias: bool = True  # decay biases and norm weights too
     label_smoothing: float = 0.0  # cross-entropy label smoothing (paper: 0)
     grad_clip: float | None = None  # clip the gradient's global L2 norm to this; None = off
     schedule: str = choice("plateau", ("plateau", "step", "cosine"))  # lr schedule

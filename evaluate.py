@@ -49,8 +49,8 @@ from vgg.evaluation import (
     MultiScale,
     Tally,
     collate_samples,
+    network_scales,
     parse_train_scale,
-    resolve_scales,
     run_protocol,
     sample_indices,
     scale_step,
@@ -133,22 +133,28 @@ def prepare_networks(networks: list[Network], name: str, root: str) -> bool:
     return spec.hflip if spec is not None else True
 
 
-def choose_scales(cfg: EvalConfig, first: Network, image_size: int) -> list[int]:
-    """The test scales Q, printed with how they were derived; a warning first when they
-    make no sense for the network."""
-    tokens = cfg.scale or (["single"] if first.train_scale is not None else [256])
-    scales = resolve_scales(tokens, first.train_scale, image_size)
-    note = ""
-    if "multi" in tokens and first.train_scale and first.train_scale[0] == first.train_scale[1]:
-        step = scale_step(image_size)
-        note = (f" (--scale multi: S-{step}, S, S+{step} for S={first.train_scale[0]}"
-                + ("" if step == 32 else f"; the paper's +-32 at 224, in proportion to "
-                                         f"{image_size}") + ")")
-    print(f"test scales Q: {','.join(map(str, scales))}{note}")
-    warning = scale_warning(scales, first.train_scale, image_size)
-    if warning:
-        print(warning, file=sys.stderr)
-    return scales
+def choose_scales(cfg: EvalConfig, networks: list[Network]) -> tuple[list[int], list[list[int]]]:
+    """The test scales Q, per network (the shorthands from each network's own S: an ensemble
+    of nets trained at different S is tested at each one's Q), printed with how they were
+    derived; a warning first when they make no sense for a network. Returns the union of
+    the Q and each network's positions in it (:func:`vgg.evaluation.network_scales`)."""
+    known = all(n.train_scale is not None for n in networks)
+    tokens = cfg.scale or (["single"] if known else [256])
+    scales, indices = network_scales(tokens, [(n.train_scale, n.image_size) for n in networks])
+    for network, chosen in zip(networks, indices, strict=True):
+        own = [scales[i] for i in chosen]
+        note, train_scale = "", network.train_scale
+        if "multi" in tokens and train_scale and train_scale[0] == train_scale[1]:
+            step = scale_step(network.image_size)
+            note = (f" (--scale multi: S-{step}, S, S+{step} for S={train_scale[0]}"
+                    + ("" if step == 32 else f"; the paper's +-32 at 224, in proportion to "
+                                             f"{network.image_size}") + ")")
+        which = "" if len(networks) == 1 else f" of {network.source}"
+        print(f"test scales Q{which}: {','.join(map(str, own))}{note}")
+        warning = scale_warning(own, train_scale, network.image_size)
+        if warning:
+            print(warning, file=sys.stderr)
+    return scales, indices
 
 
 def build_data(cfg: EvalConfig, first: Network, name: str, root: str, scales: list[int]):
@@ -187,9 +193,11 @@ def build_data(cfg: EvalConfig, first: Network, name: str, root: str, scales: li
 
 
 def score(cfg: EvalConfig, networks: list[Network], dataset, scales: list[int], flip: bool,
-          device: torch.device, world_size: int) -> tuple[Tally, Evaluator, float]:
+          device: torch.device, world_size: int, scale_indices: list[list[int]]
+          ) -> tuple[Tally, Evaluator, float]:
     evaluator = Evaluator([n.model for n in networks], cfg.protocol, device=device,
-                          precision=cfg.precision, batch_size=cfg.batch_size, flip=flip)
+                          precision=cfg.precision, batch_size=cfg.batch_size, flip=flip,
+                          scale_indices=scale_indices)
     images_per_step = max(1, int(cfg.batch_size // evaluator.inputs_per_image(scales)))
     sampler = ShardSampler(dataset) if world_size > 1 else None
     loader = torch.utils.data.DataLoader(
@@ -253,7 +261,7 @@ def evaluate_networks(argv: list[str] | None) -> int:
     name = dataset_name(cfg, first)
     root = cfg.data_root or first.config.get("data_root") or "data"
     hflip = prepare_networks(networks, name, root)
-    scales = choose_scales(cfg, first, min(n.image_size for n in networks))
+    scales, scale_indices = choose_scales(cfg, networks)
     check_device(cfg.device)
     dataset, class_names, sample = build_data(cfg, first, name, root, scales)
     sample_tag = (cfg.limit, cfg.seed) if sample else None
@@ -264,11 +272,12 @@ def evaluate_networks(argv: list[str] | None) -> int:
     try:
         flip = hflip if cfg.flip is None else cfg.flip
         tally, evaluator, seconds = score(cfg, networks, dataset, scales, flip, device,
-                                          world_size)
+                                          world_size, scale_indices)
     finally:
         distributed.cleanup()
     if rank == 0:
         facts = {"dataset": name, "split": cfg.split, "sample": sample, "scales": scales,
+                 "network_scales": [[scales[i] for i in chosen] for chosen in scale_indices],
                  "flip": flip, "resize": ("PIL antialiased bilinear" if first.antialias
                                           else "bilinear"),
                  "class_names": list(class_names) if class_names else None,

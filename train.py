@@ -50,6 +50,7 @@ from vgg.run_log import RunLog
 from vgg.stop import StopRequest
 from vgg.train_data import Data, build_data
 from vgg.train_state import Resumable, TrainState
+from vgg.transforms import check_input_convention
 
 
 @dataclass
@@ -163,7 +164,10 @@ def new_model(cfg: Config, model_args: dict[str, Any], resume: Resume | None,
         model.pretrained_modules = tuple(resume.checkpoint.get("pretrained_modules", ()))
         return model
     if cfg.init == "from_A":
-        a_state = model_state(load_checkpoint(cfg.init_from_A), cfg.init_from_A)
+        a_checkpoint = load_checkpoint(cfg.init_from_A)
+        check_input_convention(a_checkpoint.get("preprocessing"), cfg.input_convention,
+                               cfg.init_from_A)
+        a_state = model_state(a_checkpoint, cfg.init_from_A)
         try:
             return build_vgg(**model_args, init="from_A", init_std=cfg.init_std,
                              a_state_dict=a_state)

@@ -24,6 +24,30 @@ def tiny(seed: int = 0, image_size: int = 32, batch_norm: bool = False, in_chann
     return model.eval()
 
 
+def spread_scores(model, hidden: torch.Tensor, spread: float = 5.0,
+                  centre: torch.Tensor | None = None):
+    """``model``'s class-score layer rewritten so that on the hidden activations ``hidden``
+    (FC2's outputs, one row per position, crop or flip) each class's scores spread by
+    ``spread`` (std) and average 0 over the rows ``centre`` (default: all of ``hidden``):
+    different classes win at different rows. Averaging
+    posteriors then differs clearly from averaging scores (or from softmaxing before a
+    spatial mean), where the plain network's scores differ by hundredths between rows and
+    every order agrees within tolerance."""
+    last = model.classifier[-1]
+    centre = hidden if centre is None else centre
+    with torch.no_grad():
+        scale = spread / (hidden @ last.weight.T).std(0).clamp_min(1e-12)
+        last.weight.mul_(scale[:, None])
+        last.bias.copy_(-(centre.mean(0) @ last.weight.T))
+    return model
+
+
+def hidden_of(model, x):
+    """FC2's outputs (the class-score layer's inputs) for the crops ``x``."""
+    with torch.no_grad():
+        return model.classifier[:-1](torch.flatten(model.features(x), 1))
+
+
 def softmax_of(model, x):
     with torch.no_grad():
         return model(x).softmax(1)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tests.evalnets import softmax_of, tiny
+from tests.evalnets import hidden_of, softmax_of, spread_scores, tiny
 from vgg.evaluation import (
     EvaluationError,
     Evaluator,
@@ -17,6 +17,7 @@ from vgg.evaluation import (
     grid_positions,
     log_mean_exp,
     multicrop_inputs,
+    network_scales,
     paper_scales,
     resolve_scales,
     sample_indices,
@@ -71,6 +72,7 @@ def test_paper_scales():
     assert paper_scales([256, 512], "single") == [384]
     assert paper_scales([256, 512], "multi") == [256, 384, 512]
     assert resolve_scales(["multi", "256", 320], (256, 512), 224) == [256, 320, 384, 512]
+    assert resolve_scales([320, "single"], (256, 256), 224) == [256, 320]  # both kept
     assert resolve_scales([32], None, 32) == [32]
 
 
@@ -83,6 +85,8 @@ def test_bad_scales_are_clear_errors():
         resolve_scales(["single"], None, 224)
     with pytest.raises(EvaluationError, match="integers or one of"):
         resolve_scales(["big"], (256, 256), 224)
+    with pytest.raises(EvaluationError, match="below the network's image size 32"):
+        resolve_scales(["-32"], None, 32)  # an integer, negative: not an unknown word
     with pytest.raises(EvaluationError, match="unknown protocol"):
         Evaluator([tiny()], "ten-crop")
 
@@ -115,43 +119,60 @@ def test_dense_at_q_equal_image_size_is_center(batch_norm):
                                Evaluator([model], "center").posteriors([(symmetric,)]))
 
 
+def far_apart(a, b, margin=0.05):
+    """The largest posterior difference of two averaging orders is well beyond tolerance:
+    the test can tell them apart (issue 21: with a plain tiny network it could not)."""
+    return (a - b).abs().max() > margin
+
+
+def windows(model, image):
+    """The ``image_size`` windows of the conv feature map, flattened: FC1's input at every
+    position of the class-score map (what FC-as-conv computes), as (positions, features)."""
+    side = model.image_size // 32
+    with torch.no_grad():
+        fmap = model.features(image[None])[0]
+    return torch.stack([fmap[:, i:i + side, j:j + side].reshape(-1)
+                        for i in range(fmap.shape[1] - side + 1)
+                        for j in range(fmap.shape[2] - side + 1)])
+
+
 def test_dense_averages_the_score_map_then_softmaxes():
-    """Independent truth: the FC classifier applied at every position of the conv feature
-    map (what FC-as-conv computes), scores averaged over positions, then softmax."""
+    """Independent truth: the score map by hand (the FC classifier at every position of the
+    feature map), averaged over positions, then softmax; the image's and its mirror's
+    posteriors averaged. Scores differ by position and between the flips (hand-set class
+    layer), so softmax-then-average, or averaging the flip pair's scores, is far off."""
     model = tiny(image_size=64)  # FC1 sees a 2x2x512 window: a real 2x2 kernel
     image = torch.randn(3, 96, 128)  # feature map 3x4 -> score map 2x3
+    inputs = [windows(model, image), windows(model, image.flip(-1))]
     with torch.no_grad():
-        features = model.features(image[None])[0]
-        flipped = model.features(image.flip(-1)[None])[0]
-
-        def averaged_scores(fmap):
-            scores = [model.classifier(fmap[:, i:i + 2, j:j + 2].reshape(1, -1))
-                      for i in range(fmap.shape[1] - 1) for j in range(fmap.shape[2] - 1)]
-            assert len(scores) == 6
-            return torch.cat(scores).mean(0, keepdim=True)
-
-        expected = 0.5 * (averaged_scores(features).softmax(1)
-                          + averaged_scores(flipped).softmax(1))
-    got = Evaluator([model], "dense").posteriors([(image,)])
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
-
-
-def test_dense_groups_images_of_different_sizes():
-    model = tiny()
-    images = [torch.randn(3, 32, 48), torch.randn(3, 40, 32), torch.randn(3, 32, 48)]
-    together = Evaluator([model], "dense", batch_size=1).posteriors([(i,) for i in images])
-    alone = torch.cat([Evaluator([model], "dense").posteriors([(i,)]) for i in images])
-    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-6)
+        hidden = [model.classifier[:-1](x) for x in inputs]
+        spread_scores(model, torch.cat(hidden), 20.0, centre=hidden[0])  # the mirror: not 0
+        maps = [model.classifier(x) for x in inputs]
+    assert all(len(m) == 6 for m in maps)
+    expected = 0.5 * (maps[0].mean(0).softmax(0) + maps[1].mean(0).softmax(0))
+    got = Evaluator([model], "dense").posteriors([(image,)])[0]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    softmax_first = 0.5 * (maps[0].softmax(1).mean(0) + maps[1].softmax(1).mean(0))
+    flip_scores_averaged = (0.5 * (maps[0].mean(0) + maps[1].mean(0))).softmax(0)
+    assert far_apart(softmax_first, expected) and far_apart(flip_scores_averaged, expected)
+    no_flip = Evaluator([model], "dense", flip=False).posteriors([(image,)])[0]
+    torch.testing.assert_close(no_flip, maps[0].mean(0).softmax(0), rtol=1e-4, atol=1e-5)
 
 
 def test_multicrop_averages_50_crop_posteriors():
+    """The 50 crops' posteriors averaged, by hand; with scores that differ by tens between
+    crops, averaging their scores instead is far off."""
     model = tiny()
     image = torch.randn(3, 36, 44)
     tops, lefts = [0, 1, 2, 3, 4], [0, 3, 6, 9, 12]
     crops = torch.stack([image[:, t:t + 32, l:l + 32] for t in tops for l in lefts])
-    expected = 0.5 * (softmax_of(model, crops).mean(0) + softmax_of(model, crops.flip(-1)).mean(0))
+    crops = torch.cat([crops, crops.flip(-1)])
+    spread_scores(model, hidden_of(model, crops))
+    expected = softmax_of(model, crops).mean(0)
     got = Evaluator([model], "multicrop", batch_size=7).posteriors([(image,)])
-    torch.testing.assert_close(got[0], expected)
+    torch.testing.assert_close(got[0], expected, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        assert far_apart(model(crops).mean(0).softmax(0), expected)
 
 
 def test_scales_networks_and_dense_plus_multicrop_average_posteriors():
@@ -291,6 +312,21 @@ def test_a_scale_far_from_the_papers_is_warned_with_the_papers_q():
     assert scale_warning([256], None, 224) is None  # unknown S: nothing to compare
 
 
+def test_the_far_scale_warning_starts_1_5x_outside_the_papers_range():
+    """Tables 3-4 test S = [48;96] at Q in {48, 72, 96}: Q from 48 / 1.5 = 32 to 96 x 1.5 =
+    144 pass, one pixel further is warned (with the ratio to the single Q, 72); a fixed S
+    = 40 at image size 32 has the range {35, 40, 45} (step 5), not the 224 step's {8, 40,
+    72}; a fixed S = 256 at 224 reaches 224 / 1.5 and 288 x 1.5 = 432."""
+    assert scale_warning([32, 144], (48, 96), 32) is None
+    assert "Q=31,145 " in scale_warning([31, 145], (48, 96), 32)
+    assert "S=[48;96]" in scale_warning([145], (48, 96), 32)
+    assert "2.0x" in scale_warning([145], (48, 96), 32)  # 145 / 72
+    assert scale_warning([67], (40, 40), 32) is None
+    assert "S=40:" in scale_warning([100], (40, 40), 32)
+    assert scale_warning([150, 432], (256, 256), 224) is None
+    assert scale_warning([433], (256, 256), 224) is not None
+
+
 def test_top5_is_reported_only_above_5_classes():
     assert reported_topk(2) == (1,) and reported_topk(5) == (1,)
     assert reported_topk(6) == (1, 5) and reported_topk(1000) == (1, 5)
@@ -303,3 +339,64 @@ def test_limit_takes_a_seeded_sample_across_the_split():
     assert len(set(sample)) == 10 and sample == sorted(sample)
     assert {labels[i] for i in sample} == {0, 1}
     assert sample_indices(100, None) == sample_indices(100, 500) == list(range(100))
+
+
+# --------------------------------------------------------------------------- ensembles
+
+def test_each_network_of_an_ensemble_gets_the_q_of_its_own_s():
+    """Issue 21.11: Sec. 3.2 tests a net at the Q of its S (Tables 3-4), and Table 6 averages
+    the posteriors of nets so tested; integers Q apply to every network."""
+    nets = [((256, 256), 224), ((384, 384), 224), ((256, 512), 224)]
+    assert network_scales(["single"], nets) == ([256, 384], [[0], [1], [1]])
+    union, indices = network_scales(["multi"], nets)
+    assert union == [224, 256, 288, 352, 384, 416, 512]
+    assert [[union[i] for i in chosen] for chosen in indices] == \
+        [[224, 256, 288], [352, 384, 416], [256, 384, 512]]
+    assert network_scales([300], nets) == ([300], [[0], [0], [0]])
+    with pytest.raises(EvaluationError, match="--train_scale"):
+        network_scales(["single"], [((256, 256), 224), (None, 224)])
+
+
+def test_an_ensemble_averages_each_networks_own_scales_then_the_networks():
+    a, b = tiny(0), tiny(1)
+    small, large = torch.randn(3, 32, 40), torch.randn(3, 48, 60)  # one image at two scales
+
+    def single(model, image):
+        return Evaluator([model], "dense").posteriors([(image,)])
+
+    got = Evaluator([a, b], "dense", scale_indices=[[0], [0, 1]]).posteriors([(small, large)])
+    expected = 0.5 * (single(a, small) + 0.5 * (single(b, small) + single(b, large)))
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(EvaluationError, match="2 networks"):
+        Evaluator([a, b], "dense", scale_indices=[[0]])
+
+
+def test_an_ensemble_of_different_training_scales_is_evaluated_at_each_ones_q(tmp_path,
+                                                                               capsys):
+    """End to end: nets trained at S = 32 and S = 40 (--scale single: Q = 32 and Q = 40),
+    checked against each network's own posteriors at its own Q."""
+    import json
+
+    from tests.evalnets import save_tiny_checkpoint
+    from tests.test_evaluate_cli import digits_inputs, run_cli
+
+    models = [save_tiny_checkpoint(tmp_path / f"s{s}.pt", seed=i, train_scale=(s, s))
+              for i, s in enumerate((32, 40))]
+    out = tmp_path / "r.json"
+    assert run_cli("--checkpoint", tmp_path / "s32.pt", tmp_path / "s40.pt", "--protocol",
+                   "center", "--limit", 6, "--workers", 0, "--out", out,
+                   "--progress", "false") == 0
+    results = json.loads(out.read_text())
+    assert results["scales"] == [32, 40] and results["network_scales"] == [[32], [40]]
+    printed = capsys.readouterr().out
+    assert "Q of " + str(tmp_path / "s32.pt") + ": 32\n" in printed
+    assert "Q of " + str(tmp_path / "s40.pt") + ": 40\n" in printed
+    images, labels = digits_inputs([32, 40], 6)
+    with torch.no_grad():
+        by_hand = torch.stack([0.5 * (softmax_of(models[0], center_crop(q32, 32)[None])[0]
+                                      + softmax_of(models[1], center_crop(q40, 32)[None])[0])
+                               for q32, q40 in images])
+    tally = Tally(10)
+    tally.update(by_hand, labels)
+    assert results["top1_correct"] == tally.summary()["top1_correct"]
+    assert results["top5_correct"] == tally.summary()["top5_correct"]

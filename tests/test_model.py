@@ -283,3 +283,57 @@ def test_class_scores_stay_fp32_under_bf16_autocast():
     torch.testing.assert_close(dense_scores.flatten(1), scores, rtol=0.05, atol=0.05)
     # Its state-dict keys stay torchvision's.
     assert {"classifier.6.weight", "classifier.6.bias"} <= set(model.state_dict())
+
+
+def test_dropout_in_training_matches_torchvision_with_the_same_seed():
+    """Sec. 3.1's dropout 0.5 after FC1 and FC2, checked in training mode (the comparison
+    above runs in eval mode, where dropout is off): torchvision's vgg11 with the same
+    weights and the same seed draws the same two masks, so the outputs are equal; a
+    different rate on either layer draws other masks."""
+    reference = random_torchvision_vgg("vgg11").train()
+    ours = meta_vgg("A")
+    ours.load_state_dict(reference.state_dict(), strict=True, assign=True)
+    ours.train()
+    features = torch.randn(4, 512 * 7 * 7, generator=torch.Generator().manual_seed(2))
+    features = features.relu()
+    outputs = []
+    for model in (reference, ours):
+        torch.manual_seed(3)
+        with torch.no_grad():
+            outputs.append(model.classifier(features))
+    assert torch.equal(outputs[0], outputs[1])
+    with torch.no_grad():
+        assert not torch.equal(ours.eval().classifier(features), outputs[1])  # dropout is on
+
+
+@pytest.mark.parametrize("trained, flags, needle", [
+    ("paper", (), "Pass --input_convention paper"),
+    ("dataset", ("--input_convention", "paper"), "Pass --input_convention dataset"),
+])
+def test_from_A_refuses_a_net_A_trained_on_another_input_scale(tmp_path, capsys, trained,
+                                                               flags, needle):
+    """Issue 21.8: a net A trained on Caffe's 0-255 input (its preprocessing record's std is
+    1/255) gives its first layer to a deeper net only on that input, and the reverse: the
+    error names the flag that fits, before anything is written; the matching input trains."""
+    import dataset_class
+    import train
+    from tests.evalnets import save_tiny_checkpoint
+    from tests.test_train_cli import tiny
+
+    spec = dataset_class.dataset_spec("Digits")
+    std = [1 / 255] if trained == "paper" else list(spec.std)
+    a_path = tmp_path / "a.pt"
+    save_tiny_checkpoint(a_path, train_scale=(32, 32), preprocessing={
+        "dataset": "Digits", "classes": [str(d) for d in range(10)], "in_channels": 1,
+        "image_size": 32, "mean": list(spec.mean), "std": std, "train_scale": [32, 32],
+        "resize": "bilinear"})
+    deeper = ("--model_version", "B", "--init", "from_A", "--init_from_A", str(a_path),
+              "--max_steps", "1")
+    assert train.main(tiny(tmp_path / "refused", *deeper, *flags)) == 2
+    error = capsys.readouterr().err
+    assert needle in error and str(a_path) in error and "Traceback" not in error
+    assert not (tmp_path / "refused" / "last.pt").exists()
+    fitting = ("--input_convention", trained)
+    assert train.main(tiny(tmp_path / "fits", *deeper, *fitting)) == 0
+    copied = torch.load(tmp_path / "fits" / "last.pt", weights_only=True)
+    assert copied["preprocessing"]["std"] == pytest.approx(std)

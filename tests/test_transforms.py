@@ -228,3 +228,19 @@ def test_antialiased_dense_eval_returns_the_whole_pil_resized_image(channels):
     expected = torchvision_pil_reference(image, 36, None).reshape(36, 50, channels)
     assert np.abs(as_uint8_hwc(got) - expected).max() <= 1
     assert not eval_transform(dataset_spec("ImageNet"), 224).antialias  # opt-in
+
+
+def test_the_papers_augmentation_is_the_default_and_without_the_shift_adds_nothing():
+    """Sec. 3.1's colour shift is on by default for RGB data, validation images are centre
+    crops by default, and without the shift a crop is its pixels normalised, nothing added
+    (survivors of the mutation run, issue 21)."""
+    imagenet, mnist = dataset_spec("ImageNet"), dataset_spec("Mnist")
+    assert train_transform(imagenet, 224).color_shift is True
+    assert TrainTransform(8, (8, 8), [0.5] * 3, [0.25] * 3, hflip=False).color_shift is True
+    grey = RNG.integers(0, 256, (40, 48), dtype=np.uint8)
+    assert eval_transform(mnist, 32)(grey).shape == (1, 32, 32)
+    image = RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    mean, std = np.array([0.45, 0.45, 0.4]), np.array([0.25, 0.2, 0.3])
+    plain = TrainTransform(8, (8, 8), mean, std, hflip=False, color_shift=False)(image)
+    expected = ((image / 255 - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_allclose(plain.numpy(), expected, atol=1e-5)

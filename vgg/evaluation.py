@@ -186,6 +186,21 @@ def resolve_scales(tokens: Sequence[str | int], train_scale: Any | None,
     return sorted(set(scales))
 
 
+def network_scales(tokens: Sequence[str | int],
+                   networks: Sequence[tuple[tuple[int, int] | None, int]]
+                   ) -> tuple[list[int], list[list[int]]]:
+    """The test scales of an ensemble, per network: integers Q for every network, the
+    shorthands (``single``, ``multi``) from each network's own training scale and image
+    size (``networks``: one ``(train_scale, image_size)`` each), as the paper tested every
+    net at the Q of its own S (Tables 3-4) before averaging their posteriors (Table 6).
+    Returns the sorted union of the Q (the images are rescaled to each once) and, per
+    network, the positions of its Q in that union."""
+    per_network = [resolve_scales(tokens, train_scale, image_size)
+                   for train_scale, image_size in networks]
+    union = sorted(set().union(*per_network))
+    return union, [[union.index(q) for q in scales] for scales in per_network]
+
+
 def scale_warning(scales: Sequence[int], train_scale: tuple[int, int] | None,
                   image_size: int) -> str | None:
     """A warning when a test scale is far (over 1.5x) outside the range the paper tested a
@@ -220,11 +235,14 @@ class Evaluator:
     ``flip=False`` drops the horizontal flips of dense and multi-crop evaluation, for data
     whose mirror image is not an image of the same class (digits: ``DatasetSpec.hflip``).
     ``precision`` is fp32 unless bf16/fp16 autocast is asked for (``auto``: bf16 on a GPU);
-    ``self.precision`` is the one actually used."""
+    ``self.precision`` is the one actually used. ``scale_indices[m]`` lists which of each
+    sample's scales network ``m`` is evaluated at (:func:`network_scales`; default: all):
+    each network's posteriors are averaged over its own scales, then over the networks."""
 
     def __init__(self, models: Sequence[VGG], protocol: str, *, device: str | torch.device = "cpu",
                  precision: str = "fp32", batch_size: int = 64, grid: int = GRID,
-                 flip: bool = True) -> None:
+                 flip: bool = True,
+                 scale_indices: Sequence[Sequence[int]] | None = None) -> None:
         if protocol not in PROTOCOLS:
             raise EvaluationError(f"unknown protocol {protocol!r}; choose one of "
                                   f"{', '.join(PROTOCOLS)}")
@@ -235,6 +253,9 @@ class Evaluator:
         self.batch_size = batch_size
         self.grid = grid
         self.flip = flip
+        if scale_indices is not None and len(scale_indices) != len(models):
+            raise EvaluationError(f"{len(scale_indices)} scale lists for {len(models)} networks")
+        self.scale_indices = scale_indices
         self.precision = resolve_precision(precision, self.device)
         self.dtype = autocast_dtype(self.precision, self.device)
         self.memory_format = (torch.channels_last if self.device.type == "cuda"
@@ -292,25 +313,31 @@ class Evaluator:
 
     def log_posteriors(self, batch: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
         """``batch[i][s]``: image i rescaled to the s-th test scale, (C, H, W). Returns the
-        (len(batch), classes) log of the posteriors averaged over scales and networks."""
-        num_scales = len(batch[0])
+        (len(batch), classes) log of the posteriors averaged over each network's scales,
+        then over the networks."""
         batch = [[image.to(self.device, non_blocking=True) for image in sample]
                  for sample in batch]  # crop on the device, not on the host
-        averaged = []
-        for index, model in enumerate(self.models):
-            for s in range(num_scales):
-                images = [sample[s] for sample in batch]
-                if self.protocol == "center":
-                    log_p = self.center(model, images)
-                elif self.protocol == "dense":
-                    log_p = self.dense(index, images)
-                elif self.protocol == "multicrop":
-                    log_p = self.multicrop(model, images)
-                else:
-                    log_p = log_mean_exp(torch.stack([self.dense(index, images),
-                                                      self.multicrop(model, images)]))
-                averaged.append(log_p)
-        return log_mean_exp(torch.stack(averaged))
+        per_network = []
+        for index in range(len(self.models)):
+            scales = (self.scale_indices[index] if self.scale_indices is not None
+                      else range(len(batch[0])))
+            per_network.append(log_mean_exp(torch.stack(
+                [self.protocol_log_posteriors(index, [sample[s] for sample in batch])
+                 for s in scales])))
+        return log_mean_exp(torch.stack(per_network))
+
+    def protocol_log_posteriors(self, index: int, images: Sequence[torch.Tensor]
+                                ) -> torch.Tensor:
+        """Network ``index``'s log-posteriors of ``images`` (one scale) under the protocol."""
+        model = self.models[index]
+        if self.protocol == "center":
+            return self.center(model, images)
+        if self.protocol == "dense":
+            return self.dense(index, images)
+        if self.protocol == "multicrop":
+            return self.multicrop(model, images)
+        return log_mean_exp(torch.stack([self.dense(index, images),
+                                         self.multicrop(model, images)]))
 
     def posteriors(self, batch: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
         """The averaged posteriors themselves: ``exp`` of :meth:`log_posteriors` (whose

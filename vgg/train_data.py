@@ -22,7 +22,7 @@ from vgg.data.resident import ResidentLoader
 from vgg.data.sampling import ResumableSampler, SeededSamples, ShardSampler
 from vgg.errors import UserError
 from vgg.run_log import warn
-from vgg.transforms import single_test_scale
+from vgg.transforms import PAPER_INPUT_STD, single_test_scale
 
 
 class DataError(UserError, RuntimeError):
@@ -63,7 +63,7 @@ def build_data(cfg: Any, rank: int, world: int,
             spec = dataclasses.replace(spec, mean=tuple(normalization["mean"]),
                                        std=tuple(normalization["std"]))
         elif cfg.input_convention == "paper":  # (pixel/255 - mean) * 255 = pixel - 255 mean
-            spec = dataclasses.replace(spec, std=(1 / 255,) * spec.in_channels)
+            spec = dataclasses.replace(spec, std=(PAPER_INPUT_STD,) * spec.in_channels)
         image_size = cfg.image_size or spec.image_size
         scale = cfg.train_scale or spec.train_scale_at(image_size)
         # The held-out split depends on val_fraction alone (build_dataset's fixed seed), not

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vgg.configuration import ConfigError
+
 if TYPE_CHECKING:
     from vgg.data.registry import DatasetSpec
 
@@ -51,6 +53,10 @@ COLOR_SHIFT_STD = 0.1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# --input_convention paper: Caffe's input, 0-255 pixels minus the training mean RGB, which
+# is (pixel/255 - mean) / std with this std on every channel.
+PAPER_INPUT_STD = 1 / 255
+
 Window = tuple[int, int, int, int]  # top, left, height, width
 
 
@@ -59,6 +65,31 @@ def single_test_scale(train_scale: tuple[int, int]) -> int:
     fixed S, the middle (Smin + Smax) / 2 (rounded half up) for a jittered one."""
     smin, smax = train_scale
     return (smin + smax + 1) // 2
+
+
+def input_convention(std: Sequence[float]) -> str:
+    """The ``--input_convention`` that a checkpoint's preprocessing ``std`` was made by:
+    ``paper`` (0-255 pixels, std 1/255 on every channel) or ``dataset`` (unit scale)."""
+    return "paper" if all(abs(s * 255 - 1) < 1e-6 for s in std) else "dataset"
+
+
+def check_input_convention(record: dict | None, convention: str, source: str) -> None:
+    """Refuse to copy layers (``--init from_A``) from a network trained on another input
+    scale than this run's: its first layer would see inputs 1/255 / std (about 58x on
+    ImageNet) too small or too large. ``record`` is the source checkpoint's preprocessing
+    record; None (an older checkpoint or a bare state dict) cannot be checked."""
+    if not isinstance(record, dict) or "std" not in record:
+        return
+    trained = input_convention(record["std"])
+    if trained != convention:
+        inputs = {"paper": "Caffe's 0-255 pixels minus the mean RGB",
+                  "dataset": "unit-scale (pixel/255 - mean) / std"}
+        raise ConfigError(
+            f"{source} was trained on {inputs[trained]} (its preprocessing records std "
+            f"{list(record['std'])}), but this run feeds {inputs[convention]}: the layers "
+            f"copied from it would see inputs of another scale. Pass --input_convention "
+            f"{trained} to train on the input it was trained on, or give --init_from_A a "
+            f"net A trained with --input_convention {convention}")
 
 
 def color_shift_offset(alpha: Sequence[float] | np.ndarray) -> np.ndarray:
