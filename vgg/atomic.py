@@ -1,14 +1,35 @@
-"""Replacing a file atomically, after timm's checkpoint saver: every file the trainer
-rewrites (checkpoints, config.yaml, the metrics log on resume) is either the old one or the
-new one, whenever the process is killed."""
+"""Replacing a file atomically, after timm's checkpoint saver: every file the tools write
+(checkpoints, config.yaml, the metrics log on resume, results) is either the old one or the
+new one, whenever the process is killed; a write that fails (a full disk) is one clear
+error that says nothing was replaced."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from vgg.errors import UserError
+
+
+class WriteError(UserError, OSError):
+    """A file that could not be written (a full disk, a read-only folder); the file it
+    would have replaced is untouched."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.errno = code
+
+
+def reason(error: OSError) -> str:
+    """Why a write failed, in words a user can act on."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the device"
+    return error.strerror or str(error)
 
 
 @contextmanager
@@ -16,7 +37,8 @@ def replace_atomically(path: str | os.PathLike, mode: str = "w", **open_args: An
                        ) -> Iterator[IO]:
     """Open a temporary file beside ``path`` for writing. When the block ends without an
     error, the file is flushed to disk and renamed over ``path``; otherwise it is removed
-    and ``path`` is untouched."""
+    and ``path`` is untouched. A failed write (OSError) is raised as a :class:`WriteError`
+    naming ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -25,11 +47,46 @@ def replace_atomically(path: str | os.PathLike, mode: str = "w", **open_args: An
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        # The rename is durable only once the directory entry is on disk.
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except WriteError:
+        raise
+    except OSError as error:
+        raise WriteError(f"could not write {path}: {reason(error)}; nothing was replaced "
+                         "there", error.errno) from None
     finally:
         tmp.unlink(missing_ok=True)
-    # The rename is durable only once the directory entry is on disk.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+
+
+class RecordingWriter:
+    """A file's ``write``, remembering the OSError it raised: torch's zip writer turns that
+    error into a RuntimeError without its errno ("unexpected pos ..."), so a full disk
+    would not be recognised as one."""
+
+    def __init__(self, file: IO[bytes]):
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """Refuse before the work, not after it, when ``folder`` (or the nearest existing
+    folder above it) has less than ``needed`` bytes free for ``what``."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise WriteError(f"{folder} has {free / 2**20:.1f} MiB free, but {what} needs about "
+                         f"{needed / 2**20:.1f} MiB: free some space or write elsewhere",
+                         errno.ENOSPC)
