@@ -53,7 +53,7 @@ def test_checkpoint_preprocessing_record_is_read(tmp_path):
 @pytest.mark.parametrize("model_args, needle", [
     ({"version": "Z", "num_classes": 10}, "none of Table 1's"),
     ({"versio": "A"}, "unknown entries"),
-    ({"version": "A", "num_classes": "ten"}, "model_args\\['num_classes'\\] is 'ten', expected a int"),
+    ({"version": "A", "num_classes": "ten"}, "is 'ten', expected a int"),
     ("A", "'model_args' entry is a str, not a dict"),
 ])
 def test_bad_model_args_are_checkpoint_errors(tmp_path, model_args, needle):

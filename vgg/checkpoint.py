@@ -85,7 +85,8 @@ def model_args_problem(args: Any) -> str | None:
             continue
         if not (is_number(value) if kind is float else is_integer(value) if kind is int
                 else isinstance(value, kind)):
-            return f"its model_args['{key}'] is {short_repr(value)}, expected a {kind.__name__} value"
+            return (f"its model_args['{key}'] is {short_repr(value)}, expected a "
+                    f"{kind.__name__} value")
     if args["version"] not in VERSIONS:
         return (f"its model_args['version'] {short_repr(args['version'])} is none of Table "
                 f"1's {', '.join(VERSIONS)}")
@@ -250,7 +251,8 @@ def declared_size_problem(path: Path) -> str | None:
         declared = sum(e.file_size for e in entries)
         records = [e for e in entries if e.filename.rsplit("/", 1)[-1] == "data.pkl"]
         if len(records) != 1 or records[0].file_size > MAX_PICKLE_BYTES:
-            return f"it is a compressed zip declaring {declared / 2**20:.1f} MiB, without one record"
+            return (f"it is a compressed zip declaring {declared / 2**20:.1f} MiB, without one "
+                    "record")
         try:
             record = RecordReader(io.BytesIO(archive.read(records[0]))).load()
         except Exception as error:  # any damage to the record
