@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -90,3 +90,47 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
         raise WriteError(f"{folder} has {free / 2**20:.1f} MiB free, but {what} needs about "
                          f"{needed / 2**20:.1f} MiB: free some space or write elsewhere",
                          errno.ENOSPC)
+
+
+# Files an output flag never replaces, whatever the command: weights and checkpoints, and a
+# run directory's own records (vgg/run_dir.py, vgg/run_log.py, vgg/plot.py).
+WEIGHT_SUFFIXES = (".pt", ".pth", ".pt2", ".onnx", ".ckpt", ".safetensors")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "curves.png", ".lock")
+# A previous result is recognised by its content, read up to this size.
+MAX_RECOGNISED_BYTES = 256 * 2**20
+
+
+def check_output(path: Path, previous: Callable[[bytes], bool], flag: str, what: str) -> None:
+    """Refuse before the work, not after it, an output ``path`` that cannot be written (a
+    folder, under a file, in a read-only or pseudo file system) or whose file would be lost:
+    weights, a run directory's own files, or any existing file whose first bytes
+    ``previous`` does not recognise as an earlier ``what`` of the same command."""
+    for candidate in (path, path.resolve()):
+        if candidate.suffix.lower() in WEIGHT_SUFFIXES or candidate.name in RUN_FILES:
+            raise WriteError(f"{flag} {path}: {candidate.name} is a checkpoint, weights or a run "
+                             f"directory's own file, which {flag} never replaces; name a new "
+                             "file")
+    if path.is_dir():
+        raise WriteError(f"{flag} {path} is a folder; name a file (in it, say)")
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                recognised = path.is_file() and path.stat().st_size <= MAX_RECOGNISED_BYTES \
+                    and previous(f.read(MAX_RECOGNISED_BYTES))
+        except OSError:
+            recognised = False
+        if not recognised:
+            raise WriteError(f"{flag} {path}: the file exists and is not an earlier {what}, so "
+                             "writing would destroy it; name a new file or move it away")
+    folder = path.parent
+    above = next(p for p in (folder, *folder.parents) if p.exists())
+    if not above.is_dir():
+        raise WriteError(f"{flag} {path}: {above} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".{path.name}.{os.getpid()}.probe"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise WriteError(f"{flag} {path}: cannot write in {folder} ({reason(error)})",
+                         error.errno) from None
