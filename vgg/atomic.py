@@ -122,15 +122,20 @@ def check_output(path: Path, previous: Callable[[bytes], bool], flag: str, what:
         if not recognised:
             raise WriteError(f"{flag} {path}: the file exists and is not an earlier {what}, so "
                              "writing would destroy it; name a new file or move it away")
-    folder = path.parent
+    check_folder(path.parent, f"{flag} {path}")
+
+
+def check_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` if needed and check that a file can be written in it; the error
+    starts with ``what`` (the flag and its value)."""
     above = next(p for p in (folder, *folder.parents) if p.exists())
     if not above.is_dir():
-        raise WriteError(f"{flag} {path}: {above} is a file, not a folder")
+        raise WriteError(f"{what}: {above} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".{path.name}.{os.getpid()}.probe"
+        probe = folder / f".probe.{os.getpid()}.tmp"
         probe.touch()
         probe.unlink()
     except OSError as error:
-        raise WriteError(f"{flag} {path}: cannot write in {folder} ({reason(error)})",
+        raise WriteError(f"{what}: cannot write in {folder} ({reason(error)})",
                          error.errno) from None

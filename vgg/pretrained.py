@@ -242,12 +242,12 @@ def preprocessing_of(weights: PretrainedWeights) -> dict[str, Any]:
     rebuilt from its dataset's spec and config, and numbered classes where the class names
     were not recorded. A bare state dict without a record is refused: guessing its
     normalisation would give other answers than the network's, silently."""
-    if weights.preprocessing is None and not weights.config:
+    if weights.preprocessing is None and not weights.config.get("dataset"):
         raise CheckpointError(
-            f"{weights.source} records no preprocessing (class names, mean/std, training "
-            "scale S): it is a bare state dict exported before python -m vgg.export recorded "
-            "them, or written by other code. Export it again from its checkpoint (python -m "
-            "vgg.export RUN), or use the checkpoint itself")
+            f"{weights.source} records neither its preprocessing (class names, mean/std, "
+            "training scale S) nor a dataset to rebuild it from: a state dict exported before "
+            "python -m vgg.export recorded it, or written by other code. Export it again from "
+            "its checkpoint (python -m vgg.export RUN), or use the checkpoint itself")
     record = weights.preprocessing
     if record is None:
         record = dataset_preprocessing(weights)
