@@ -185,9 +185,9 @@ def is_previous_output(data: bytes) -> bool:
 def check_out(path: Path, images: int, top_k: int) -> None:
     """Before any image is read: ``--out`` names a .csv or .json file that can be written,
     replacing nothing but an earlier output of predict.py, with room for a row per image."""
+    check_output(path, is_previous_output, "--out", "output of predict.py")
     if path.suffix.lower() not in OUTPUT_FORMATS:
         raise PredictError(f"--out {path}: name a .csv or .json file")
-    check_output(path, is_previous_output, "--out", "output of predict.py")
     # A row per image: its path, and a class name and a probability per listed class.
     check_free_space(path.parent, 2**20 + images * (256 + 64 * top_k), "the predictions")
 
