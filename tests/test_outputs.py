@@ -194,3 +194,18 @@ def test_a_write_that_fails_is_one_clear_error_and_replaces_nothing(tmp_path):
             f.write("x" * 2**16)
     assert info.value.errno == errno.ENOSPC
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_predict_lists_empty_and_huge_images_as_unreadable(run, photo, tmp_path, capsys):
+    """Issue 24: a zero-byte image and one above the pixel limit crashed predict.py (and
+    took 6 GB); they are listed as unreadable, and the readable one is predicted."""
+    (tmp_path / "empty.png").touch()
+    cv2.imwrite(str(tmp_path / "huge.png"), np.zeros((30000, 30000), np.uint8))
+    out = tmp_path / "p.csv"
+    assert predict.main([str(tmp_path), "--checkpoint", str(run / "best.pt"), "--out",
+                         str(out), "--progress", "false"]) == 0
+    captured = capsys.readouterr()
+    assert "could not read 2 file(s)" in captured.err and "Traceback" not in captured.err
+    rows = {row.split(",")[0]: row.rsplit(",", 1)[1] for row in out.read_text().splitlines()}
+    assert rows[str(tmp_path / "empty.png")] == rows[str(tmp_path / "huge.png")] == "unreadable"
+    assert rows[str(photo)] == ""
