@@ -61,7 +61,7 @@ from vgg.networks import Network, check_ensemble, network_from_checkpoint, netwo
 from vgg.plot import most_confused_pairs, plot_confusion
 from vgg.report import (
     accuracy_lines,
-    check_writable,
+    check_outputs,
     confusion_path,
     default_output,
     describe_networks,
@@ -267,7 +267,7 @@ def evaluate_networks(argv: list[str] | None) -> int:
     sample_tag = (cfg.limit, cfg.seed) if sample else None
     out = Path(cfg.out) if cfg.out else default_output(
         [n.source for n in networks], cfg.split, cfg.protocol, scales, sample_tag)
-    check_writable(out)  # before the evaluation, not after it
+    check_outputs(out, first.num_classes)  # before the evaluation, not after it
     rank, world_size, _, device = distributed.init_distributed(cfg.device)
     try:
         flip = hflip if cfg.flip is None else cfg.flip

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import dataset_class  # noqa: F401  (a user's own registered datasets)
-from vgg.atomic import replace_atomically
+from vgg.atomic import check_free_space, check_output, replace_atomically
 from vgg.checkpoint import newest_run
 from vgg.configuration import coerce
 from vgg.data import IMAGE_EXTENSIONS, dataset_spec, decode_image
@@ -137,10 +137,16 @@ def flips_by_default(preprocessing: dict[str, Any]) -> bool:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's text lists its dozen device types
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise PredictError(f"--device {name}: choose auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise PredictError(f"--device {name} was asked for but no CUDA GPU is available; "
                            "use --device cpu")
-    return torch.device(name)
+    return device
 
 
 def predict(evaluator: Evaluator, loader: DataLoader, classes: Sequence[str], top_k: int,
@@ -164,12 +170,33 @@ def predict(evaluator: Evaluator, loader: DataLoader, classes: Sequence[str], to
     return predictions, unreadable
 
 
+def is_previous_output(data: bytes) -> bool:
+    """Whether ``data`` is a file that predict.py wrote (see :func:`write_results`)."""
+    if data.startswith(b"file,"):
+        header = data.split(b"\n", 1)[0].rstrip(b"\r")
+        return header.endswith(b",error")
+    try:
+        written = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(written, dict) and {"predictions", "unreadable"} <= written.keys()
+
+
+def check_out(path: Path, images: int, top_k: int) -> None:
+    """Before any image is read: ``--out`` names a .csv or .json file that can be written,
+    replacing nothing but an earlier output of predict.py, with room for a row per image."""
+    check_output(path, is_previous_output, "--out", "output of predict.py")
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        raise PredictError(f"--out {path}: name a .csv or .json file")
+    # A row per image: its path, and a class name and a probability per listed class.
+    check_free_space(path.parent, 2**20 + images * (256 + 64 * top_k), "the predictions")
+
+
 def write_results(path: Path, rows: list[dict[str, Any]], unreadable: list[str],
                   about: dict[str, Any]) -> None:
     """CSV: one row per image (file, class_1, probability_1, ...; unreadable files with
     ``error``); JSON: ``about`` (checkpoint, protocol, Q), the predictions and the
     unreadable files. Written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".json":
         with replace_atomically(path) as f:
             f.write(json.dumps({**about, "predictions": rows, "unreadable": unreadable},
@@ -194,14 +221,18 @@ def run(args: argparse.Namespace) -> int:
                                ("--workers", args.workers, 0)):
         if value < least:
             raise PredictError(f"{flag} must be at least {least}, got {value}")
-    if args.out is not None and args.out.suffix.lower() not in OUTPUT_FORMATS:
-        raise PredictError(f"--out {args.out}: name a .csv or .json file")
+    device = resolve_device(args.device)
     files, folder_given = find_images(args.inputs)
+    if args.out is not None:
+        check_out(args.out, len(files), args.top_k)
     source = args.checkpoint or newest_run()
     weights = read_weights(source)
     preprocessing = preprocessing_of(weights)
     model = model_from_weights(weights)
     classes = preprocessing["classes"]
+    if "classes" not in (weights.preprocessing or {}):
+        print(f"note: {weights.source} records no class names: classes are numbered 0 to "
+              f"{len(classes) - 1}", file=sys.stderr)
     scale = args.scale or single_test_scale(tuple(preprocessing["train_scale"]))
     if scale < model.image_size:
         raise PredictError(f"--scale {scale} is below the network's image size "
@@ -209,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     transform = EvalTransform(scale, None, preprocessing["mean"], preprocessing["std"],
                               antialias=preprocessing["resize"] == "antialias")
     flip = flips_by_default(preprocessing) if args.flip is None else args.flip
-    evaluator = Evaluator([model], args.protocol, device=resolve_device(args.device),
+    evaluator = Evaluator([model], args.protocol, device=device,
                           precision=args.precision, batch_size=args.batch_size, flip=flip)
     images_per_pass = max(1, int(args.batch_size // evaluator.inputs_per_image([scale])))
     loader = DataLoader(ImageFiles(files, transform, model.features[0].in_channels),

@@ -10,7 +10,7 @@ from PIL import Image
 
 from dataset_class import UnreadableImageError, build_dataset
 from tests.fakedata import write_image_folder
-from vgg.data.decoding import decode_image
+from vgg.data.decoding import MAX_PIXELS, decode_image
 
 RNG = np.random.default_rng(0)
 
@@ -96,3 +96,42 @@ def test_a_truncated_jpeg_counts_as_corrupt_in_a_dataset(tmp_path):
     dataset = build_dataset("ImageFolder", "test", tmp_path, np.asarray)
     [dataset[i] for i in range(len(dataset))]
     assert dataset.unreadable_files() == [str(cut)]
+
+
+def huge_png(path, height: int, width: int) -> None:
+    """A real PNG of a huge blank image: a few hundred KB on disk, gigabytes decoded."""
+    cv2.imwrite(str(path), np.zeros((height, width), np.uint8))
+
+
+@pytest.mark.parametrize("kind", ["empty", "above-our-limit", "above-opencvs-limit"])
+def test_empty_and_huge_images_are_unreadable_not_a_crash(tmp_path, kind):
+    """Issue 24: OpenCV 5 raises on an empty buffer and on images above its pixel limit
+    (2^30); a 30000 x 30000 PNG of 0.9 MB decodes to 900 MB and got train.py OOM-killed.
+    Both are unreadable files, counted and listed like other bad files."""
+    path = tmp_path / "bad.png"
+    if kind == "empty":
+        path.touch()
+    elif kind == "above-our-limit":  # 900 M pixels: under OpenCV's 2^30, over MAX_PIXELS
+        huge_png(path, 30000, 30000)
+    else:
+        huge_png(path, 30000, 40000)
+    assert path.stat().st_size < 2**21
+    assert decode_image(str(path)) is None
+    assert decode_image(str(path)) is None  # (and again: nothing cached or half-done)
+
+
+def test_an_image_at_the_pixel_limit_still_decodes(tmp_path):
+    path = tmp_path / "big.png"
+    huge_png(path, 2**14, MAX_PIXELS // 2**14)  # 16384 x 8192
+    assert decode_image(str(path)).shape == (2**14, MAX_PIXELS // 2**14, 3)
+
+
+def test_empty_and_huge_files_count_as_corrupt_in_a_dataset(tmp_path):
+    write_image_folder(tmp_path, ["a", "b"], per_class=2, splits=("train", "test"),
+                       extension=".png")
+    empty, huge = tmp_path / "test" / "a" / "0.png", tmp_path / "test" / "b" / "1.png"
+    empty.write_bytes(b"")
+    huge_png(huge, 30000, 30000)
+    dataset = build_dataset("ImageFolder", "test", tmp_path, np.asarray)
+    [dataset[i] for i in range(len(dataset))]
+    assert sorted(dataset.unreadable_files()) == sorted([str(empty), str(huge)])

@@ -4,27 +4,38 @@ the original network on a fresh batch."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 
+import predict
 from vgg.checkpoint import save_checkpoint
 from vgg.export import ExportError, check_outputs, export, weights_file
 from vgg.model import build_vgg
+from vgg.pretrained import read_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"version": "A", "num_classes": 3, "in_channels": 3, "image_size": 32,
          "batch_norm": True, "fc_width": 32, "dropout": 0.5}
 
 
+# As the trainer records it (vgg.checkpoint.preprocessing_record) for SMALL's network.
+RECORD = {"dataset": "ImageFolder", "classes": ["cat", "dog", "owl"], "in_channels": 3,
+          "image_size": 32, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3],
+          "train_scale": [36, 44], "resize": "bilinear"}
+
+
 def trained_checkpoint(run: Path, model_args: dict, steps: int = 1) -> torch.nn.Module:
     """A checkpoint as the trainer writes it, with SGD momentum after a few real steps (the
-    optimizer state that a weights-only export leaves out)."""
+    optimizer state that a weights-only export leaves out) and its preprocessing record."""
     torch.manual_seed(0)
     model = build_vgg(**model_args)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -35,7 +46,8 @@ def trained_checkpoint(run: Path, model_args: dict, steps: int = 1) -> torch.nn.
         optimizer.zero_grad()
     run.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"model": model.state_dict(), "model_args": model_args, "config": {},
-                     "optimizer": optimizer.state_dict(), "epoch": 1}, run / "best.pt")
+                     "optimizer": optimizer.state_dict(), "epoch": 1,
+                     "preprocessing": RECORD if model_args == SMALL else None}, run / "best.pt")
     return model.eval()
 
 
@@ -74,7 +86,7 @@ def test_torchvision_vgg11_loads_the_exported_weights_strictly(tmp_path):
     model = build_vgg(**args).eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        data, note = weights_file(model, args, x, model(x))
+        data, note = weights_file(model, args, x, model(x), None)
     assert note == "loads into torchvision.models.vgg11(num_classes=3)"
     (tmp_path / "w.pth").write_bytes(data)
     reference = torchvision.models.vgg11(num_classes=3).eval()
@@ -120,3 +132,44 @@ def test_command_line(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "vgg.export", str(tmp_path / "nothing")],
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and "no file or run directory" in missing.stderr
+
+
+def test_exports_carry_the_preprocessing_that_predict_and_init_from_use(tmp_path):
+    """Issue 24, item 3: the same network gives the same answers from its export as from
+    its checkpoint: the run's class names, mean/std and test scale Q, not ImageNet's."""
+    run = tmp_path / "run"
+    trained_checkpoint(run, SMALL)
+    export(str(run))
+    pth, pt2 = run / "export" / "best_weights.pth", run / "export" / "best.pt2"
+    assert read_weights(pth).preprocessing == RECORD  # what --init_from normalises with
+    extra = {"vgg_preprocessing.json": ""}
+    torch.export.load(pt2, extra_files=extra)
+    assert json.loads(extra["vgg_preprocessing.json"]) == RECORD
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(40, 52), (60, 45)]):
+        cv2.imwrite(str(photos / f"{i}.png"), rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    outputs = []
+    for weights in (run / "best.pt", pth):
+        out = tmp_path / f"{weights.stem}.json"
+        assert predict.main([str(photos), "--checkpoint", str(weights), "--out", str(out),
+                             "--progress", "false"]) == 0
+        outputs.append(json.loads(out.read_text()))
+    from_checkpoint, from_export = outputs
+    assert from_export["scale"] == from_checkpoint["scale"] == 40  # Q of S = [36, 44]
+    assert from_export["predictions"] == from_checkpoint["predictions"]
+    assert {top["class"] for row in from_export["predictions"] for top in row["top_k"]} <= \
+        set(RECORD["classes"])
+
+
+def test_a_state_dict_without_a_record_is_refused_by_predict(tmp_path, capsys):
+    """A bare state dict of another shape than torchvision's ImageNet VGGs has no known
+    preprocessing: predict.py says so instead of using ImageNet's."""
+    path = tmp_path / "bare.pth"
+    torch.save(build_vgg(**SMALL).state_dict(), path)
+    (tmp_path / "a.png").write_bytes(cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))[1])
+    assert predict.main([str(tmp_path / "a.png"), "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "records neither its preprocessing" in err and "Traceback" not in err
+    assert read_weights(path).preprocessing is None

@@ -206,6 +206,8 @@ def test_weights_name_offline_names_the_cache_file(tmp_path, monkeypatch):
     message = str(error.value)
     assert str(cache) in message and "https://download.pytorch.org/models/vgg11-8a719046.pth" \
         in message
+    # Read by train.py, predict.py and vgg.export alike: no one command's flag (issue 24).
+    assert "--init_from" not in message and "path/to/vgg11-8a719046.pth" in message
     with pytest.raises(CheckpointError, match="VGG16_BN_Weights.IMAGENET1K_V1"):
         read_weights("VGG17_Weights.IMAGENET1K_V1")  # lists the valid names
 

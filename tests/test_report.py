@@ -3,14 +3,16 @@ writability check made before an evaluation."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from vgg.evaluation import EvaluationError, Tally
-from vgg.report import check_writable, default_output, paper_table, write_confusion_csv
+from vgg.atomic import WriteError
+from vgg.evaluation import Tally
+from vgg.report import check_outputs, default_output, paper_table, write_confusion_csv
 
 
 def test_paper_table_layout():
@@ -29,10 +31,15 @@ def test_results_json_round_trip(tmp_path):
     json.dumps(tally.summary())  # plain types only
 
 
-def test_confusion_csv(tmp_path):
+@pytest.mark.parametrize("names", [
+    ["a,x", "b"], ['say "hi"', "b"], ["two\nlines", "b"], ["a x", "a,x"],
+], ids=["comma", "quote", "newline", "comma-vs-space"])
+def test_confusion_csv_round_trips_any_class_name(tmp_path, names):
     path = tmp_path / "c.csv"
-    write_confusion_csv(torch.tensor([[2, 1], [0, 3]]), path, ["a,x", "b"])
-    assert path.read_text().splitlines() == ["true\\predicted,a x,b", "a x,2,1", "b,0,3"]
+    write_confusion_csv(torch.tensor([[2, 1], [0, 3]]), path, names)
+    with open(path, newline="") as f:  # read back by an independent CSV reader
+        rows = list(csv.reader(f))
+    assert rows == [["true\\predicted", *names], [names[0], "2", "1"], [names[1], "0", "3"]]
 
 
 def test_result_names_never_collide():
@@ -50,9 +57,9 @@ def test_result_names_never_collide():
 
 
 def test_unwritable_destination_is_found_before_evaluating(tmp_path):
-    check_writable(tmp_path / "new" / "r.json")  # created folders are fine
+    check_outputs(tmp_path / "new" / "r.json", 10)  # created folders are fine
     assert (tmp_path / "new").is_dir() and not list((tmp_path / "new").iterdir())
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(EvaluationError, match="is a file"):
-        check_writable(blocker / "r.json")
+    with pytest.raises(WriteError, match="is a file"):
+        check_outputs(blocker / "r.json", 10)

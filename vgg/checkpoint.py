@@ -9,8 +9,12 @@ network expects, so that it can be evaluated without the training data.
 
 from __future__ import annotations
 
-import errno
+import collections
+import io
+import math
 import os
+import pickle
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vgg.atomic import replace_atomically
-from vgg.errors import UserError
-from vgg.model import VGG, build_vgg
+from vgg.atomic import RecordingWriter, reason, replace_atomically
+from vgg.errors import UserError, short_repr
+from vgg.model import DOWNSAMPLING, VERSIONS, VGG, build_vgg, network_bytes
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -32,21 +36,252 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     mid-write leaves the previous checkpoint intact."""
     try:
         with replace_atomically(path, "wb") as f:
-            torch.save(state, f)
+            writer = RecordingWriter(f)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:  # torch's zip writer hides the OSError of a failed write
+                if writer.error is None:
+                    raise
+                raise writer.error from None
     except OSError as error:
-        reason = ("no space left on the device" if error.errno == errno.ENOSPC
-                  else error.strerror or str(error))
-        raise CheckpointError(f"could not write the checkpoint {path}: {reason}. The previous "
-                              "checkpoints in its folder are kept; free space (or fix the "
-                              "folder) and continue with --resume") from None
+        raise CheckpointError(f"could not write the checkpoint {path}: {reason(error)}. The "
+                              "previous checkpoints in its folder are kept; free space (or fix "
+                              "the folder) and continue with --resume") from None
+
+
+# build_vgg's arguments that a checkpoint records, with the type each must have.
+MODEL_ARGS = {"version": str, "num_classes": int, "in_channels": int, "image_size": int,
+              "batch_norm": bool, "fc_width": int, "dropout": float, "width": float}
+RESIZES = ("bilinear", "antialias")
+# data.pkl of any checkpoint is a few KB to a few MB; a larger one is not a checkpoint.
+MAX_PICKLE_BYTES = 256 * 2**20
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def total_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def model_args_problem(args: Any) -> str | None:
+    """What is wrong with a checkpoint's ``model_args`` (None: nothing): each entry is
+    checked for its type before its value is looked at, so a crafted one cannot hang or
+    crash the check."""
+    if not isinstance(args, dict):
+        return f"its 'model_args' entry is a {type(args).__name__}, not a dict"
+    unknown = [k for k in args if k not in MODEL_ARGS]
+    if unknown:
+        return (f"its 'model_args' has unknown entries {short_repr(unknown)} (known: "
+                f"{', '.join(MODEL_ARGS)})")
+    for key, kind in MODEL_ARGS.items():
+        value = args.get(key)
+        if value is None and key != "version":
+            continue
+        if not (is_number(value) if kind is float else is_integer(value) if kind is int
+                else isinstance(value, kind)):
+            return (f"its model_args['{key}'] is {short_repr(value)}, expected a "
+                    f"{kind.__name__} value")
+    if args["version"] not in VERSIONS:
+        return (f"its model_args['version'] {short_repr(args['version'])} is none of Table "
+                f"1's {', '.join(VERSIONS)}")
+    for key in ("num_classes", "in_channels", "fc_width", "image_size"):
+        if key in args and args[key] < 1:
+            return f"its model_args['{key}'] is {args[key]}, not a positive count"
+    if args.get("image_size", DOWNSAMPLING) % DOWNSAMPLING:
+        return (f"its model_args['image_size'] {args['image_size']} is not a multiple of "
+                f"{DOWNSAMPLING} (five 2x2 pools)")
+    if not 0 <= args.get("dropout", 0) < 1:
+        return f"its model_args['dropout'] {args['dropout']} is not in [0, 1)"
+    width = args.get("width", 1.0)
+    if not (math.isfinite(width) and width > 0):
+        return f"its model_args['width'] {width} is not a positive width (1: Table 1's)"
+    return None
+
+
+def train_scale_problem(scale: Any, image_size: int) -> str | None:
+    """What is wrong with a recorded training scale S ([Smin, Smax], or S): two whole
+    numbers from the crop size up, Smin <= Smax."""
+    values = [scale] if is_integer(scale) else scale
+    if not (isinstance(values, (list, tuple)) and len(values) in (1, 2)
+            and all(is_integer(v) for v in values)):
+        return f"its training scale {short_repr(scale)} is not S or [Smin, Smax]"
+    if values[0] < image_size or values[0] > values[-1]:
+        return (f"its training scale {list(values)} is not S or Smin <= Smax of at least the "
+                f"network's image size {image_size} (the training crop is cut from it)")
+    return None
+
+
+def preprocessing_problem(record: Any, args: dict[str, Any]) -> str | None:
+    """What is wrong with a ``preprocessing`` record (see :func:`preprocessing_record`) for
+    the network of ``args``: a finite mean and a positive std for each input channel and,
+    where recorded (older records lack them), a class name for each class, a training
+    scale, a known resampling."""
+    if not isinstance(record, dict):
+        return f"its 'preprocessing' entry is a {type(record).__name__}, not a dict"
+    channels, classes = args.get("in_channels", 3), args.get("num_classes", 1000)
+    for key in ("mean", "std"):
+        values = record.get(key)
+        if not (isinstance(values, (list, tuple)) and len(values) == channels
+                and all(is_number(v) and math.isfinite(v) for v in values)):
+            return (f"its preprocessing {key} {short_repr(values)} is not {channels} finite "
+                    f"numbers, one per input channel")
+    if min(record["std"]) <= 0:
+        return f"its preprocessing std {record['std']} is not positive (inputs are divided by it)"
+    names = record.get("classes", [""] * classes)  # older records hold mean and std only
+    if not (isinstance(names, (list, tuple)) and len(names) == classes
+            and all(isinstance(n, str) for n in names)):
+        return (f"its preprocessing classes {short_repr(names)} are not {classes} class names, "
+                "one per class the network scores")
+    image_size = args.get("image_size", 224)
+    for key, wanted in (("in_channels", channels), ("image_size", image_size)):
+        if key in record and record[key] != wanted:
+            return (f"its preprocessing {key} {short_repr(record[key])} differs from its "
+                    f"network's {wanted}")
+    if record.get("resize", "bilinear") not in RESIZES:
+        return (f"its preprocessing resize {short_repr(record['resize'])} is none of "
+                f"{', '.join(RESIZES)}")
+    if not isinstance(record.get("dataset", ""), (str, type(None))):
+        return f"its preprocessing dataset {short_repr(record['dataset'])} is not a name"
+    if record.get("train_scale") is not None:
+        return train_scale_problem(record["train_scale"], image_size)
+    return None
+
+
+def config_problem(config: Any, image_size: int) -> str | None:
+    """What is wrong with the entries of a checkpoint's ``config`` that the commands read."""
+    if not isinstance(config, dict):
+        return f"its 'config' entry is a {type(config).__name__}, not a dict"
+    for key in ("dataset", "data_root"):
+        if not isinstance(config.get(key), (str, type(None))):
+            return f"its config {key} {short_repr(config[key])} is not a name"
+    fraction = config.get("val_fraction")
+    if fraction is not None and not (is_number(fraction) and 0 < fraction < 1):
+        return f"its config val_fraction {short_repr(fraction)} is not a fraction in (0, 1)"
+    if config.get("train_scale") is not None:
+        return train_scale_problem(config["train_scale"], image_size)
+    return None
+
+
+def weights_problem(state: Mapping[str, Any]) -> str | None:
+    """What is wrong with the kinds of a state dict's tensors: floating-point weights (not
+    integers, which would have been truncated, nor complex numbers), integer counters."""
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue  # model_state and load_model_state name what is not a tensor
+        counter = key.endswith("num_batches_tracked")
+        if value.is_complex() or value.is_floating_point() == counter:
+            wanted = "an integer count" if counter else "floating-point weights"
+            return f"its tensor {short_repr(key)} holds {value.dtype}, not {wanted}"
+    return None
+
+
+def check_checkpoint(checkpoint: dict[str, Any], source: str) -> None:
+    """The one validation of a checkpoint's contents that every command applies when it
+    reads one (in :func:`load_checkpoint`): model_args that build a VGG of a size this
+    machine can hold, a preprocessing record and config of the right types and values, and
+    weights of the right kinds. Shapes are checked against the network when it is loaded
+    (:func:`load_model_state`), finiteness too."""
+    args = checkpoint.get("model_args")
+    problem = model_args_problem(args)
+    if problem is None:
+        image_size = args.get("image_size", 224)
+        preprocessing = checkpoint.get("preprocessing")
+        problem = ((preprocessing_problem(preprocessing, args) if preprocessing is not None
+                    else None)
+                   or (config_problem(checkpoint["config"], image_size)
+                       if checkpoint.get("config") is not None else None)
+                   or (weights_problem(checkpoint["model"])
+                       if isinstance(checkpoint.get("model"), Mapping) else None))
+    if problem is None:
+        # Evaluated at up to the largest training scale (dense evaluation: the whole image).
+        scale = ((preprocessing or {}).get("train_scale")
+                 or (checkpoint.get("config") or {}).get("train_scale") or image_size)
+        needed = network_bytes(args, max(scale) if isinstance(scale, (list, tuple)) else scale)
+        if needed > total_memory():
+            problem = (f"its model_args {short_repr(args)} describe a network that needs about "
+                       f"{needed / 2**30:.3g} GiB to evaluate one image, more than this "
+                       f"machine's {total_memory() / 2**30:.3g} GiB")
+    if problem is not None:
+        raise CheckpointError(f"{source} is not a usable checkpoint of this toolkit: {problem}. "
+                              "It was damaged or written by something else; use another "
+                              "checkpoint of the run (last.pt, best.pt, epoch_*.pt)")
+
+
+class _Anything:
+    """What a global named in a pickle stands for while only its plain entries are read."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class RecordReader(pickle.Unpickler):
+    """Reads torch.save's ``data.pkl`` without its tensors: dicts, lists, numbers and
+    strings as they are, every tensor, storage or other object an inert placeholder, so
+    nothing of the file runs and nothing large is read."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return collections.OrderedDict if (module, name) == ("collections", "OrderedDict") \
+            else _Anything
+
+    def persistent_load(self, pid: Any) -> None:
+        return None
+
+
+def declared_size_problem(path: Path) -> str | None:
+    """What is wrong with the sizes a compressed checkpoint's zip entries declare (None:
+    nothing, or not compressed): torch.save stores its entries uncompressed, so what it
+    reads is at most the file's size; a recompressed file can unpack to far more (a few MB
+    to gigabytes of zeros). Its declared sizes are checked against the network its
+    model_args describe before any entry is unpacked, except the record itself."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        entries = archive.infolist()
+        if all(e.compress_type == zipfile.ZIP_STORED for e in entries):
+            return None
+        declared = sum(e.file_size for e in entries)
+        records = [e for e in entries if e.filename.rsplit("/", 1)[-1] == "data.pkl"]
+        if len(records) != 1 or records[0].file_size > MAX_PICKLE_BYTES:
+            return (f"it is a compressed zip declaring {declared / 2**20:.1f} MiB, without one "
+                    "record")
+        try:
+            record = RecordReader(io.BytesIO(archive.read(records[0]))).load()
+        except Exception as error:  # any damage to the record
+            return f"its record cannot be read ({type(error).__name__})"
+    args = record.get("model_args") if isinstance(record, dict) else None
+    if model_args_problem(args) is None:
+        # Weights, optimizer momentum and more, at up to double precision, plus the rest.
+        allowed, what = 4 * network_bytes(args) + 64 * 2**20, f"its network ({short_repr(args)})"
+    else:
+        allowed, what = total_memory() // 2, "half this machine's memory"
+    if declared > allowed:
+        return (f"it is compressed, and its entries declare {declared / 2**20:.1f} MiB once "
+                f"unpacked, more than {what} can take (about {allowed / 2**20:.1f} MiB): not "
+                "unpacked")
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
-    """The dict saved at ``path``. With ``mmap`` the tensors are mapped, not read: cheap
-    when only the small entries (the step) are wanted."""
+    """The dict saved at ``path``, checked (:func:`check_checkpoint`) when it is a checkpoint
+    of this toolkit, and its tensors' kinds when it is a bare state dict. With ``mmap`` the
+    tensors are mapped, not read (or checked): cheap when only the small entries (the step)
+    are wanted."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
+    problem = declared_size_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"{path} is not a usable checkpoint: {problem}. It was damaged "
+                              "or crafted; use another checkpoint")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises several types for truncated/foreign files
@@ -60,6 +295,14 @@ def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, An
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} does not hold a checkpoint dict (it holds a "
                               f"{type(checkpoint).__name__})")
+    if mmap:
+        return checkpoint
+    if "model_args" in checkpoint:
+        check_checkpoint(checkpoint, str(path))
+    else:
+        problem = weights_problem(checkpoint)
+        if problem is not None:
+            raise CheckpointError(f"{path} is not a usable state dict: {problem}")
     return checkpoint
 
 
@@ -82,7 +325,8 @@ def model_state(checkpoint: dict[str, Any], source: str) -> dict[str, torch.Tens
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with a one-line reason instead of torch's dump."""
+    """``load_state_dict(strict=True)`` with a one-line reason instead of torch's dump; the
+    whole network is loaded, so weights of the wrong kind or non-finite ones are refused."""
     if not isinstance(state, Mapping) or not all(
             isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{source}: its 'model' entry is a {type(state).__name__}, not "
@@ -96,16 +340,26 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
                    for label, names in (("missing", missing), ("unexpected", unexpected),
                                         ("different shapes at", reshaped)) if names]
         raise CheckpointError(f"{source} holds a different network: " + "; ".join(details))
+    problem = weights_problem(state)
+    if problem is not None:
+        raise CheckpointError(f"{source} is not usable: {problem}")
+    nonfinite = next((k for k, v in state.items()
+                      if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if nonfinite is not None:
+        raise CheckpointError(
+            f"{source} holds non-finite weights (NaN or inf in {nonfinite}): the run had "
+            "diverged when it was saved, and every output of the network would be NaN. Use an "
+            "earlier checkpoint of the run (an epoch_*.pt), or train again with a lower --lr")
     model.load_state_dict(state)
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint") -> VGG:
-    if "model_args" not in checkpoint or "model" not in checkpoint:
+    """The network of a checkpoint of this toolkit (checked by :func:`check_checkpoint`
+    when it was loaded), with its weights."""
+    if not isinstance(checkpoint.get("model_args"), dict) or "model" not in checkpoint:
         raise CheckpointError(f"{source} has no 'model'/'model_args': not a checkpoint of "
                               "this toolkit (for torchvision .pth weights use evaluate.py "
                               "--torchvision_weights)")
-    if not isinstance(checkpoint["model_args"], dict):
-        raise CheckpointError(f"{source}: its 'model_args' entry is not a dict")
     model = build_vgg(**checkpoint["model_args"], init=None)
     load_model_state(model, checkpoint["model"], source)
     return model

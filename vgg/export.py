@@ -16,7 +16,12 @@ the original network's outputs on a random batch before it is written (atomicall
   reference evaluator.
 
 Every format gives class scores (logits) for inputs prepared as the checkpoint's
-``"preprocessing"`` records (``predict.py`` does that preparation).
+``"preprocessing"`` records (``predict.py`` does that preparation), and carries that record
+(class names, mean/std, image size, training scale S, resampling), so that ``predict.py`` and
+``--init_from`` prepare inputs as the network was trained: in the ``.pth`` state dict's
+``_metadata[""]["vgg_preprocessing"]`` (ignored by torchvision's strict loading), as the
+``.pt2``'s extra file ``vgg_preprocessing.json`` (``torch.export.load(path, extra_files=
+{"vgg_preprocessing.json": ""})``), in the ONNX model's ``metadata_props``.
 """
 
 from __future__ import annotations
@@ -24,17 +29,18 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from vgg.atomic import replace_atomically
+from vgg.atomic import check_folder, check_free_space, replace_atomically
 from vgg.checkpoint import run_checkpoint
 from vgg.errors import UserError, run_cli
 from vgg.model import TORCHVISION_NAMES, VGG, build_vgg
-from vgg.pretrained import model_from_weights, read_weights
+from vgg.pretrained import PREPROCESSING_KEY, model_from_weights, preprocessing_of, read_weights
 
 EXAMPLE_BATCH = 2
 # Outputs of a re-traced program differ from eager ones by float reassociation only.
@@ -63,12 +69,16 @@ def torchvision_name(model_args: dict) -> str | None:
     return name + ("_bn" if model_args.get("batch_norm") else "")
 
 
-def weights_file(model: VGG, model_args: dict, x: torch.Tensor,
-                 expected: torch.Tensor) -> tuple[bytes, str]:
-    """The state dict, reloaded (weights only) into a fresh network and, where the shapes
-    allow, into torchvision's own model."""
+def weights_file(model: VGG, model_args: dict, x: torch.Tensor, expected: torch.Tensor,
+                 preprocessing: dict | None) -> tuple[bytes, str]:
+    """The state dict, its preprocessing record in its ``_metadata`` (which torchvision's
+    strict loading ignores), reloaded (weights only) into a fresh network and, where the
+    shapes allow, into torchvision's own model."""
+    state = model.state_dict()
+    if preprocessing is not None:
+        state._metadata[""] = {**state._metadata.get("", {}), PREPROCESSING_KEY: preprocessing}
     buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
+    torch.save(state, buffer)
     state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
     rebuilt = build_vgg(**model_args, init=None).eval()
     rebuilt.load_state_dict(state)
@@ -88,14 +98,16 @@ def weights_file(model: VGG, model_args: dict, x: torch.Tensor,
                                f"{model_args['num_classes']})")
 
 
-def exported_program(model: VGG, model_args: dict, x: torch.Tensor,
-                     expected: torch.Tensor) -> tuple[bytes, str]:
-    """torch.export with a dynamic batch dimension, saved and loaded back; checked at the
-    example batch size and at another one."""
+def exported_program(model: VGG, model_args: dict, x: torch.Tensor, expected: torch.Tensor,
+                     preprocessing: dict | None) -> tuple[bytes, str]:
+    """torch.export with a dynamic batch dimension and the preprocessing record as the extra
+    file ``vgg_preprocessing.json``, saved and loaded back; checked at the example batch
+    size and at another one."""
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
     buffer = io.BytesIO()
-    torch.export.save(program, buffer)
+    torch.export.save(program, buffer, extra_files=None if preprocessing is None else
+                      {f"{PREPROCESSING_KEY}.json": json.dumps(preprocessing)})
     loaded = torch.export.load(io.BytesIO(buffer.getvalue())).module()
     with torch.no_grad():
         check_outputs("torch.export program", loaded(x), expected)
@@ -103,8 +115,8 @@ def exported_program(model: VGG, model_args: dict, x: torch.Tensor,
     return buffer.getvalue(), "torch.export.load(path).module(); any batch size"
 
 
-def onnx_file(model: VGG, model_args: dict, x: torch.Tensor,
-              expected: torch.Tensor) -> tuple[bytes | None, str]:
+def onnx_file(model: VGG, model_args: dict, x: torch.Tensor, expected: torch.Tensor,
+              preprocessing: dict | None) -> tuple[bytes | None, str]:
     missing = [p for p in ("onnx", "onnxscript") if importlib.util.find_spec(p) is None]
     if missing:
         return None, f"skipped: pip install {' '.join(missing)} to export ONNX"
@@ -113,6 +125,9 @@ def onnx_file(model: VGG, model_args: dict, x: torch.Tensor,
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(model, (x,), input_names=["images"], output_names=["scores"],
                                 dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+    if preprocessing is not None:
+        entry = program.model_proto.metadata_props.add()
+        entry.key, entry.value = PREPROCESSING_KEY, json.dumps(preprocessing)
     data = program.model_proto.SerializeToString()
     if importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime
@@ -140,7 +155,13 @@ def export(source: str, out_dir: Path | None = None) -> list[tuple[Path | None, 
         path = run_checkpoint(path)
     weights = read_weights(path if path.is_file() else source)
     model = model_from_weights(weights).eval()
+    # What predict.py and --init_from need; a file that records none exports none.
+    preprocessing = preprocessing_of(weights) if weights.preprocessing is not None else None
     out_dir = out_dir or (path.parent / "export" if path.is_file() else Path("export"))
+    check_folder(out_dir, f"--out {out_dir}")
+    # The three formats hold the weights once each, with room to spare.
+    check_free_space(out_dir, 4 * sum(t.numel() * t.element_size() for t in
+                                      model.state_dict().values()), "the export")
     stem = path.stem if path.is_file() else str(source)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(EXAMPLE_BATCH, weights.model_args["in_channels"], model.image_size,
@@ -152,11 +173,12 @@ def export(source: str, out_dir: Path | None = None) -> list[tuple[Path | None, 
                           "nothing exported")
     written = []
     for suffix, make in FORMATS.items():
-        data, note = make(model, weights.model_args, x, expected)
+        data, note = make(model, weights.model_args, x, expected, preprocessing)
+        if preprocessing is None:
+            note += f"; no preprocessing record ({weights.source} holds none)"
         if data is None:
             written.append((None, note))
             continue
-        out_dir.mkdir(parents=True, exist_ok=True)
         with replace_atomically(out_dir / f"{stem}{suffix}", "wb") as f:
             f.write(data)
         written.append((out_dir / f"{stem}{suffix}", note))

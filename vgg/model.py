@@ -10,6 +10,7 @@ so a 32x32 CIFAR image trains a real VGG natively instead of an upsampled copy; 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -274,3 +275,29 @@ def build_vgg(version: str, *, num_classes: int = 1000, in_channels: int = 3,
     elif init is not None:
         init_weights(model, init, init_std)
     return model
+
+
+def network_bytes(model_args: Mapping, input_side: int | None = None) -> int:
+    """About how much memory the network of ``model_args`` (build_vgg's keyword arguments,
+    of the right types) takes to hold and to run on one image of ``input_side`` pixels
+    (default: its image size): fp32 weights, the image and the first stage's largest pair
+    of feature maps. Counted, not built, so that an absurd size is refused before anything
+    of that size is allocated (or a tensor size overflows)."""
+    defaults = {name: p.default for name, p in inspect.signature(build_vgg).parameters.items()}
+    args = {**defaults, **model_args}
+    width, in_channels = args["width"], args["in_channels"]
+    weights, channels = 0, in_channels
+    for item in CONFIGS[args["version"]]:
+        if item in ("M", "LRN"):
+            continue
+        one_by_one = isinstance(item, str)
+        out = scaled(int(item[1:]) if one_by_one else item, width)
+        # kernel, bias, and BatchNorm's weight, bias, running mean and variance
+        weights += channels * out * (1 if one_by_one else 9) + out * (5 if args["batch_norm"]
+                                                                     else 1)
+        channels = out
+    fc, side = args["fc_width"], args["image_size"] // DOWNSAMPLING
+    weights += (channels * side * side + 1) * fc + (fc + 1) * fc + (fc + 1) * args["num_classes"]
+    side = max(input_side or args["image_size"], args["image_size"])
+    activations = (in_channels + 2 * scaled(64, width)) * side * side
+    return 4 * (weights + activations)

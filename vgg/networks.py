@@ -57,59 +57,27 @@ class Network:
         return self.model.image_size
 
 
-def _preprocessing(checkpoint: dict[str, Any], in_channels: int, source: str) -> dict[str, Any]:
-    """The checkpoint's ``preprocessing`` record (see BRIEF/README: dataset, classes, mean,
-    std, train_scale, resize), checked; {} when it has none."""
-    record = checkpoint.get("preprocessing")
-    if record is None:
-        return {}
-    bad = CheckpointError(f"{source} has a malformed 'preprocessing' record: expected mean "
-                          f"and std of {in_channels} numbers each, got {record!r}")
-    if not isinstance(record, dict):
-        raise bad
-    for key in ("mean", "std"):
-        values = record.get(key)
-        if not (isinstance(values, (list, tuple)) and len(values) == in_channels
-                and all(isinstance(v, (int, float)) for v in values)):
-            raise bad
-    if min(record["std"]) <= 0:
-        raise bad
-    return record
-
-
 def network_from_checkpoint(path: str | os.PathLike) -> Network:
-    """A checkpoint of this toolkit, or a run directory's best.pt."""
+    """A checkpoint of this toolkit, or a run directory's best.pt (its contents checked by
+    :func:`vgg.checkpoint.load_checkpoint`, as every command's are)."""
     if Path(path).is_dir():
         path = run_checkpoint(Path(path))
     checkpoint = load_checkpoint(path)
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path} does not hold a checkpoint dict")
     if "model_args" not in checkpoint and "classifier.6.weight" in checkpoint:
         raise CheckpointError(f"{path} is a bare state dict (torchvision-style weights), not a "
                               "checkpoint of this toolkit: pass it with --torchvision_weights")
-    args = checkpoint.get("model_args")
-    if not isinstance(args, dict) or not isinstance(checkpoint.get("model"), dict):
-        raise CheckpointError(f"{path} has no 'model' state dict and 'model_args' dict: not a "
-                              "checkpoint of this toolkit")
-    try:
-        model = model_from_checkpoint(checkpoint, source=str(path))
-    except (TypeError, ValueError, KeyError, AttributeError) as error:
-        raise CheckpointError(f"{path}: its model_args {args!r} do not describe a VGG of this "
-                              f"toolkit ({type(error).__name__}: {error})") from None
+    model = model_from_checkpoint(checkpoint, source=str(path))
+    args = checkpoint["model_args"]
     config = dict(checkpoint.get("config") or {})
-    record = _preprocessing(checkpoint, model.features[0].in_channels, str(path))
+    record = checkpoint.get("preprocessing") or {}
     train_scale = record.get("train_scale", config.get("train_scale"))
-    try:
-        train_scale = parse_train_scale(train_scale) if train_scale is not None else None
-    except (EvaluationError, TypeError, ValueError):
-        raise CheckpointError(f"{path} records a malformed training scale {train_scale!r}") \
-            from None
     classes = record.get("classes")
-    return Network(model, str(path), str(args.get("version")), bool(args.get("batch_norm")),
-                   train_scale, config, antialias=record.get("resize") == "antialias",
+    return Network(model, str(path), args["version"], bool(args.get("batch_norm")),
+                   parse_train_scale(train_scale) if train_scale is not None else None,
+                   config, antialias=record.get("resize") == "antialias",
                    mean=tuple(record["mean"]) if record else None,
                    std=tuple(record["std"]) if record else None,
-                   classes=tuple(map(str, classes)) if classes else None,
+                   classes=tuple(classes) if classes else None,
                    dataset=record.get("dataset") or config.get("dataset"))
 
 

@@ -46,7 +46,13 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from vgg.checkpoint import CheckpointError, load_checkpoint, load_model_state, run_checkpoint
+from vgg.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    preprocessing_problem,
+    run_checkpoint,
+)
 from vgg.configuration import ConfigError
 from vgg.errors import UserError
 from vgg.model import DOWNSAMPLING, TORCHVISION_NAMES, VERSIONS, VGG, build_vgg
@@ -58,6 +64,8 @@ FREEZE_CHOICES = ("none", "features", "pretrained")
 WEIGHTS_NAME = re.compile(r"\w+_Weights\.\w+")
 # Torchvision's VGGs were trained on 256-pixel resizes, centre-cropped to 224 at test time.
 TORCHVISION_TRAIN_SCALE = (256, 256)
+# Where an exported state dict carries its preprocessing record: a key of its ``_metadata``.
+PREPROCESSING_KEY = "vgg_preprocessing"
 
 
 @dataclass
@@ -120,16 +128,34 @@ def read_weights(source: str | os.PathLike) -> PretrainedWeights:
 
 
 def weights_from_file(path: Path) -> PretrainedWeights:
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint(path)  # checked there, as every command's checkpoints are
     if isinstance(loaded, dict) and "model" in loaded and "model_args" in loaded:
         return PretrainedWeights(loaded["model"], str(path), dict(loaded["model_args"]),
                                  loaded.get("preprocessing"), dict(loaded.get("config") or {}))
     if isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values()):
         model_args = model_args_of_state(loaded, str(path))
         return PretrainedWeights(loaded, str(path), model_args,
-                                 torchvision_preprocessing(model_args["num_classes"]))
+                                 recorded_preprocessing(loaded, model_args, str(path)))
     raise CheckpointError(f"{path} is neither a checkpoint of this toolkit (no 'model' and "
                           "'model_args') nor a state dict of tensors")
+
+
+def recorded_preprocessing(state: dict[str, torch.Tensor], model_args: dict[str, Any],
+                           source: str) -> dict[str, Any] | None:
+    """The preprocessing record of a bare state dict: the one ``python -m vgg.export`` puts
+    in the state dict's ``_metadata`` (where torchvision's strict loading ignores it);
+    torchvision's ImageNet preprocessing for a file shaped as torchvision's ImageNet VGGs
+    (1000 classes, RGB, 224px); otherwise None: unknown, and said so where it matters."""
+    record = getattr(state, "_metadata", {}).get("", {}).get(PREPROCESSING_KEY)
+    if record is not None:
+        problem = preprocessing_problem(record, model_args)
+        if problem is not None:
+            raise CheckpointError(f"{source} has an unusable preprocessing record: {problem}")
+        return record
+    imagenet = torchvision_preprocessing(model_args["num_classes"])
+    if (model_args["in_channels"], model_args["image_size"]) == (3, 224) and imagenet["dataset"]:
+        return imagenet
+    return None
 
 
 def torchvision_weights(name: str) -> PretrainedWeights:
@@ -156,8 +182,8 @@ def torchvision_weights(name: str) -> PretrainedWeights:
             f"cache folder {cached.parent} and could not be downloaded "
             f"({type(error).__name__}: {error}). On an offline machine, download "
             f"{weights.url} elsewhere and put it at {cached} (the folder is "
-            "torch.hub.get_dir()/checkpoints; TORCH_HOME moves it), or give the file itself: "
-            f"--init_from path/to/{cached.name}") from None
+            "torch.hub.get_dir()/checkpoints; TORCH_HOME moves it), or give the path of the "
+            f"file itself (path/to/{cached.name}) where you gave the name") from None
     transform = weights.transforms()
     model_args = model_args_of_state(state, name)
     preprocessing = torchvision_preprocessing(model_args["num_classes"])
@@ -211,11 +237,34 @@ def model_args_of_state(state: dict[str, torch.Tensor], source: str) -> dict[str
 
 
 def preprocessing_of(weights: PretrainedWeights) -> dict[str, Any]:
-    """How the weights' inputs were prepared (the checkpoint's ``"preprocessing"`` dict). A
-    checkpoint written before it was recorded gets it rebuilt from its dataset's spec and
-    config, with numbered classes (the class names were not recorded)."""
-    if weights.preprocessing is not None:
-        return weights.preprocessing
+    """How the weights' inputs were prepared (the checkpoint's ``"preprocessing"`` dict), with
+    what older records lack completed: a checkpoint written before it was recorded gets it
+    rebuilt from its dataset's spec and config, and numbered classes where the class names
+    were not recorded. A bare state dict without a record is refused: guessing its
+    normalisation would give other answers than the network's, silently."""
+    if weights.preprocessing is None and not weights.config.get("dataset"):
+        raise CheckpointError(
+            f"{weights.source} records neither its preprocessing (class names, mean/std, "
+            "training scale S) nor a dataset to rebuild it from: a state dict exported before "
+            "python -m vgg.export recorded it, or written by other code. Export it again from "
+            "its checkpoint (python -m vgg.export RUN), or use the checkpoint itself")
+    record = weights.preprocessing
+    if record is None:
+        record = dataset_preprocessing(weights)
+    image_size = weights.model_args["image_size"]
+    defaults = {"classes": [str(i) for i in range(weights.model_args["num_classes"])],
+                "in_channels": weights.model_args["in_channels"], "image_size": image_size,
+                "resize": "bilinear", "dataset": weights.config.get("dataset")}
+    record = defaults | record
+    if record.get("train_scale") is None:
+        record["train_scale"] = list(weights.config.get("train_scale") or (
+            dataset_preprocessing(weights)["train_scale"]))
+    return record
+
+
+def dataset_preprocessing(weights: PretrainedWeights) -> dict[str, Any]:
+    """The normalisation and training scale of the weights' dataset, from its spec: for
+    checkpoints written before the preprocessing was recorded."""
     import dataset_class
 
     name = weights.config.get("dataset")
@@ -226,11 +275,10 @@ def preprocessing_of(weights: PretrainedWeights) -> dict[str, Any]:
             f"{weights.source} predates recorded preprocessing, so its normalisation comes "
             f"from its dataset ({name}), which is unavailable: {error}") from None
     image_size = weights.model_args["image_size"]
-    train_scale = weights.config.get("train_scale") or spec.train_scale_at(image_size)
-    return {"dataset": spec.name,
-            "classes": [str(i) for i in range(weights.model_args["num_classes"])],
-            "in_channels": spec.in_channels, "image_size": image_size, "mean": list(spec.mean),
-            "std": list(spec.std), "train_scale": list(train_scale), "resize": "bilinear"}
+    return {"dataset": spec.name, "in_channels": spec.in_channels, "mean": list(spec.mean),
+            "std": list(spec.std),
+            "train_scale": list(weights.config.get("train_scale")
+                                or spec.train_scale_at(image_size))}
 
 
 def describe_architecture(model_args: dict[str, Any]) -> str:
@@ -298,6 +346,9 @@ class TransferReport:
                  f"features (conv, BatchNorm){''.join(', ' + m for m in others)}"]
         lines += [f"  adapted {name}: {why}" for name, why in self.adapted.items()]
         lines += [f"  new (random init) {name}: {why}" for name, why in self.new.items()]
+        if self.normalization is None:
+            lines.append("  the weights record no input normalisation (mean/std): the new "
+                         "data's own is used, not the one they were trained with")
         return "\n".join(lines)
 
 

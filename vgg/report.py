@@ -1,9 +1,11 @@
 """Evaluation results to files and text: the paper-style table, the results JSON and the
 confusion-matrix CSV, named so that different evaluations never overwrite each other, and
-checked writable before any image is evaluated."""
+checked before any image is evaluated: writable, and replacing nothing but an earlier
+result."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -13,9 +15,11 @@ from typing import Any
 
 import torch
 
-from vgg.atomic import replace_atomically
-from vgg.evaluation import EvaluationError
+from vgg.atomic import check_free_space, check_output, replace_atomically
 from vgg.networks import Network
+from vgg.run_dir import remove_stale_temporaries
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def format_train_scale(train_scale: tuple[int, int] | None) -> str:
@@ -55,14 +59,19 @@ def accuracy_lines(summary: dict[str, Any], ks: Sequence[int]) -> list[str]:
             for k in ks]
 
 
+CONFUSION_HEADER = "true\\predicted"
+
+
 def write_confusion_csv(confusion: torch.Tensor, path: str | os.PathLike,
                         class_names: Sequence[str] | None = None) -> None:
+    """Rows of true classes, columns of predicted ones, each headed by its class name,
+    quoted by csv.writer where it holds a comma, a quote or a line break."""
     names = list(class_names) if class_names else [str(i) for i in range(len(confusion))]
-    names = [str(n).replace(",", " ") for n in names]
-    with replace_atomically(path) as f:
-        f.write("true\\predicted," + ",".join(names) + "\n")
+    with replace_atomically(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([CONFUSION_HEADER, *names])
         for name, row in zip(names, confusion.tolist(), strict=True):
-            f.write(name + "," + ",".join(map(str, row)) + "\n")
+            writer.writerow([name, *row])
 
 
 def write_results(results: dict[str, Any], path: str | os.PathLike) -> None:
@@ -91,18 +100,27 @@ def default_output(sources: Sequence[str], split: str, protocol: str, scales: Se
                            f"{suffix}.json")
 
 
-def check_writable(path: Path) -> None:
-    """Fail before evaluating, not after, when the results cannot be written to ``path``."""
-    folder = path.parent
-    hint = "pass --out <a writable file>.json"
-    if folder.exists() and not folder.is_dir():
-        raise EvaluationError(f"cannot write the results to {path}: {folder} is a file, not "
-                              f"a folder; {hint}")
+def is_results_json(data: bytes) -> bool:
+    """Whether ``data`` is a results JSON that evaluate.py wrote."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".{path.name}.{os.getpid()}.probe"
-        probe.touch()
-        probe.unlink()
-    except OSError as error:
-        raise EvaluationError(f"cannot write the results to {path} ({error.strerror}); "
-                              f"{hint}") from None
+        results = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(results, dict) and {"table_row", "protocol", "confusion_matrix"} <= \
+        results.keys()
+
+
+def check_outputs(path: Path, num_classes: int) -> None:
+    """Fail before evaluating, not after, when the results JSON at ``path``, its confusion
+    CSV or its picture cannot be written, or would replace a file that is not an earlier
+    result of evaluate.py (a checkpoint, a run's config.yaml, any other file); clean the
+    temporaries that killed evaluations left in its folder."""
+    check_output(path, is_results_json, "--out", "results JSON of evaluate.py")
+    confusion = confusion_path(path)
+    check_output(confusion, lambda data: data.startswith(CONFUSION_HEADER.encode()),
+                 "--out", "confusion matrix CSV of evaluate.py")
+    check_output(confusion.with_suffix(".png"), lambda data: data.startswith(PNG_SIGNATURE),
+                 "--out", "confusion matrix picture of evaluate.py")
+    # The JSON and CSV (a count per pair of classes) and the picture, with room to spare.
+    check_free_space(path.parent, 2**20 + 64 * num_classes ** 2, "the results")
+    remove_stale_temporaries(path.parent)

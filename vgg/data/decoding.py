@@ -1,5 +1,7 @@
 """Image files to uint8 RGB arrays as PIL (torchvision) and Caffe see them: EXIF orientation
-ignored, and a file that cannot be decoded completely (a truncated JPEG included) unreadable.
+ignored, and a file that cannot be decoded completely (a truncated JPEG included), an empty
+file and an image of more than MAX_PIXELS pixels (checked in its header, before decoding)
+unreadable.
 
 OpenCV rotates a JPEG by its EXIF orientation tag unless told not to, while PIL and Caffe
 use the stored pixels; and it fills the missing part of a truncated JPEG with grey, warning
@@ -8,11 +10,19 @@ on stderr only. Both would silently change what the network sees.
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import cv2
 import numpy as np
+from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+# Larger images are unreadable: 2^27 pixels (11585 x 11585, 384 MiB decoded) is more than
+# any camera's, and a 1 MB PNG can declare 30000 x 30000, which decodes to 2.7 GB and more
+# in each copy that follows.
+MAX_PIXELS = 2**27
 
 JPEG_START, START_OF_SCAN, END_OF_IMAGE = b"\xff\xd8", 0xDA, b"\xff\xd9"
 # Markers without a length field: TEM, RST0-7 (SOI and EOI never occur inside the headers).
@@ -41,13 +51,35 @@ def jpeg_is_complete(data: bytes) -> bool:
     return False
 
 
+def pixel_count(data: bytes) -> int | None:
+    """The width x height an image file's header declares, read without decoding it (by
+    PIL, which reads headers lazily); None when PIL does not know the format."""
+    try:
+        with warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning), \
+                Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:  # twice PIL's own limit, so above ours too
+        return MAX_PIXELS + 1
+    except Exception:  # unidentified or damaged: OpenCV decides below
+        return None
+    return width * height
+
+
 def decode_image(path: str) -> np.ndarray | None:
     """The image file at `path` as a uint8 (H, W, 3) RGB array, its stored pixels unrotated,
-    or None if it is missing, not an image, or truncated."""
+    or None if it is missing, empty, not an image, truncated, or of more than MAX_PIXELS."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError:
         return None
+    if data.size == 0:  # OpenCV 5 raises on an empty buffer
+        return None
     if data[:2].tobytes() == JPEG_START and not jpeg_is_complete(data.tobytes()):
         return None
-    return cv2.imdecode(data, DECODE_FLAGS)
+    pixels = pixel_count(data.tobytes())
+    if pixels is not None and pixels > MAX_PIXELS:
+        return None
+    try:
+        return cv2.imdecode(data, DECODE_FLAGS)
+    except cv2.error:  # above OpenCV's own pixel limit, or a header it rejects
+        return None

@@ -11,6 +11,7 @@ from vgg.data.decoding import decode_image
 from vgg.data.errors import UnreadableImageError
 
 MIN_STD = 1 / 255  # the smallest std a normalisation divides by: one grey level
+BLOCK_PIXELS = 2**20
 
 
 def image_statistics(images: Sequence[str] | np.ndarray, max_images: int | None = 256,
@@ -21,21 +22,28 @@ def image_statistics(images: Sequence[str] | np.ndarray, max_images: int | None 
     images as the network sees them (MNIST padded to 32x32, say)."""
     chosen = np.random.default_rng(seed).permutation(len(images))[:max_images]
     in_memory = isinstance(images, np.ndarray)
-    total, total_sq, count = 0.0, 0.0, 0
+    histograms = None  # per channel, how many pixels have each of the 256 values
     for i in chosen:
         image = images[i] if in_memory else decode_image(images[i])
         if image is None:
             continue
-        pixels = image.reshape(image.shape[0] * image.shape[1], -1) / 255.0
-        total = total + pixels.sum(0)
-        total_sq = total_sq + (pixels ** 2).sum(0)
-        count += len(pixels)
-    if count == 0:
+        pixels = image.reshape(image.shape[0] * image.shape[1], -1)
+        if histograms is None:
+            histograms = np.zeros((pixels.shape[1], 256), np.int64)
+        # Counted a block of rows at a time: bincount's int64 copy of a block, never of the
+        # whole image (nor a float64 one: a 2^27-pixel image would take 3 GiB per copy).
+        for start in range(0, len(pixels), BLOCK_PIXELS):
+            for channel, histogram in enumerate(histograms):
+                histogram += np.bincount(pixels[start:start + BLOCK_PIXELS, channel],
+                                         minlength=256)
+    if histograms is None or not histograms.sum():
         example = f" (e.g. {images[chosen[0]]})" if len(chosen) else ""
         raise UnreadableImageError(f"none of the {len(chosen)} sampled images could be "
                                    f"decoded{example}: are they image files?")
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))  # cancellation can dip < 0
+    levels = np.arange(256) / 255.0
+    count = histograms.sum(1)
+    mean = histograms @ levels / count
+    std = np.sqrt((histograms * (levels - mean[:, None]) ** 2).sum(1) / count)
     # A channel that never varies (a grey scan stored as RGB, a constant border) would
     # divide by zero: its inputs become NaN. One grey level keeps them finite and ~0.
     std = np.maximum(std, MIN_STD)
