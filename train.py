@@ -16,8 +16,10 @@ from --resume; then the loop over vgg.engine.train_one_epoch and the end of each
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -40,7 +42,7 @@ from vgg.engine import (
     train_one_epoch,
     validate,
 )
-from vgg.errors import run_cli
+from vgg.errors import run_cli, short_repr
 from vgg.model import build_vgg
 from vgg.optim import LRSchedule, build_optimizer
 from vgg.pretrained import PretrainedWeights, TransferReport, freeze, load_pretrained, read_weights
@@ -49,7 +51,7 @@ from vgg.run_dir import RunDirectory, checkpoint_path
 from vgg.run_log import RunLog
 from vgg.stop import StopRequest
 from vgg.train_data import Data, build_data
-from vgg.train_state import Resumable, TrainState
+from vgg.train_state import NonFiniteWeights, Resumable, TrainState
 
 
 @dataclass
@@ -63,9 +65,13 @@ class Resume:
 def main(argv: list[str] | None = None) -> int:
     try:
         return run_cli(functools.partial(train, argv), "train.py")
-    except NonFiniteLoss as error:  # a divergence is not a user error: exit code 1
+    except (NonFiniteLoss, NonFiniteWeights) as error:  # a divergence is not a user error
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a Ctrl-C before the loop's handler, or a second one
+        print("train.py: interrupted; nothing after the last checkpoint was kept (a first "
+              "Ctrl-C during training saves one and exits cleanly)", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 def resume_target(argv: list[str] | None) -> str | None:
@@ -108,7 +114,68 @@ def parse_config(argv: list[str] | None) -> tuple[Config, Resume | None, bool]:
                                   "config/model_args); use --init_from for its weights")
     cfg, args = configuration.parse_args(Config, argv,
                                          base=resume.checkpoint["config"] if resume else None)
+    if resume is not None:
+        cfg = resumed_config(cfg, resume)
     return cfg, resume, getattr(args, "print_config", False)
+
+
+# What a run fixes when it starts, and why a resumed run cannot change it.
+FIXED_AT_START = {
+    "dataset": "the checkpoint's weights and input statistics are the dataset's",
+    "val_fraction": "it decides which training images are held out for validation",
+    "input_convention": "the input normalisation is the checkpoint's",
+    "optimizer": "the saved optimizer state is this optimizer's",
+    **dict.fromkeys(("init", "init_std", "init_from", "init_from_A", "weights"),
+                    "it only initialises a new run's weights"),
+}
+# What decides the rest of an epoch's order: changeable only at an epoch's end.
+FIXED_MID_EPOCH = {
+    "seed": "the rest of the epoch's order and augmentation come from it",
+    "train_subset": "it decides which samples the rest of the epoch draws from",
+}
+
+
+def resumed_config(cfg: Config, resume: Resume) -> Config:
+    """``cfg`` of a resumed run, checked against the one it was saved with: an option the
+    run fixed at its start (or mid-epoch, its order) must keep its saved value, and the run
+    directory is the checkpoint's, whatever --out_dir and --run_name say."""
+    saved = saved_run_config(resume)
+    state = TrainState.from_checkpoint(resume.checkpoint, str(resume.path))
+    fixed = FIXED_AT_START | (FIXED_MID_EPOCH if state.position else {})
+    for name, why in fixed.items():
+        if getattr(cfg, name) != getattr(saved, name):
+            where = (f" at epoch {state.epoch + 1}, {state.position} samples in"
+                     if name in FIXED_MID_EPOCH else "")
+            raise ConfigError(
+                f"--{name} {getattr(cfg, name)}: the run saved in {resume.path}{where} has "
+                f"{name} {getattr(saved, name)}, and resuming keeps it ({why}). Drop --{name} "
+                f"to continue the run" + (", or change it when resuming from an epoch's end"
+                                          if name in FIXED_MID_EPOCH else
+                                          f", or start a new run from its weights with "
+                                          f"--init_from {resume.path}"))
+    run_dir = resume.path.parent
+    named = Path(cfg.out_dir) / (cfg.run_name or run_dir.name)
+    if (cfg.out_dir, cfg.run_name) != (saved.out_dir, saved.run_name) and \
+            named.resolve() != run_dir.resolve():
+        raise ConfigError(f"--out_dir/--run_name name {named}, but --resume {resume.path} "
+                          f"continues the run in its own directory {run_dir}: drop them (to "
+                          "continue elsewhere, copy the run directory there and resume the copy)")
+    return dataclasses.replace(cfg, out_dir=str(run_dir.parent), run_name=run_dir.name)
+
+
+def saved_run_config(resume: Resume) -> Config:
+    """The config a resumed checkpoint was saved with, checked like flags, with errors that
+    name the checkpoint: it is not the user's command line that needs fixing."""
+    try:
+        saved = configuration.apply(Config(), resume.checkpoint["config"],
+                                    f"the config saved in {resume.path}")
+        saved = configuration.check_choices(saved)
+        saved.validate()
+    except ConfigError as error:
+        raise CheckpointError(f"{resume.path} holds a config that is not valid ({error}); "
+                              "it was edited or written by another version. Start a new run "
+                              f"from its weights with --init_from {resume.path}") from None
+    return saved
 
 
 def train(argv: list[str] | None) -> int:
@@ -125,15 +192,23 @@ def train(argv: list[str] | None) -> int:
         cleanup()
 
 
+def recorded_config(cfg: Config) -> dict[str, Any]:
+    """The config as a run records it (config.yaml, its checkpoints): what is in force."""
+    return configuration.to_dict(cfg) | {"resume": None}
+
+
 def open_run_dir(cfg: Config, resume: Resume | None, main: bool, stop: StopRequest
                  ) -> RunDirectory:
     if resume is not None:
-        run_dir = RunDirectory.reopen(resume.path, resume.checkpoint.get("step", -1),
-                                      writer=main, keep_last_k=cfg.keep_last_k)
+        run_dir = RunDirectory.reopen(resume.path, resume.checkpoint["step"], writer=main,
+                                      keep_last_k=cfg.keep_last_k)
     else:
         default = f"{cfg.dataset}-{cfg.model_version}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = RunDirectory.create(cfg.out_dir, cfg.run_name, default, writer=main,
-                                      keep_last_k=cfg.keep_last_k)
+        # --resume auto that found no checkpoint: a requeued job whose first attempt died
+        # before saving one starts it over.
+        run_dir = RunDirectory.create(
+            cfg.out_dir, cfg.run_name, default, writer=main, keep_last_k=cfg.keep_last_k,
+            restartable=recorded_config(cfg) if cfg.resume == "auto" else None)
     run_dir.write_guard = stop.writing
     return run_dir
 
@@ -157,7 +232,7 @@ def new_model(cfg: Config, model_args: dict[str, Any], resume: Resume | None,
             differing = {k: (saved.get(k), v) for k, v in model_args.items()
                          if saved.get(k) != v}
             raise CheckpointError(f"{resume.path} holds another network than this config "
-                                  f"asks for ((checkpoint, config): {differing})")
+                                  f"asks for ((checkpoint, config): {short_repr(differing)})")
         model = build_vgg(**model_args, init=None)
         model.copied_from_A = tuple(resume.checkpoint.get("copied_from_A", ()))
         model.pretrained_modules = tuple(resume.checkpoint.get("pretrained_modules", ()))
@@ -199,7 +274,7 @@ def build_training(cfg: Config, model: torch.nn.Module, model_args: dict[str, An
     preprocessing = preprocessing_record(cfg.dataset, data.classes, data.image_size,
                                          data.spec.mean, data.spec.std, data.scale)
     resumable = Resumable(model, model_args, optimizer, schedule, scaler,
-                          configuration.to_dict(cfg) | {"resume": None}, preprocessing)
+                          recorded_config(cfg), preprocessing)
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
     settings = StepSettings(device, autocast_dtype, scaler, cfg.label_smoothing, cfg.grad_clip,
                             channels_last)
@@ -251,8 +326,8 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
         if resume is not None:
             flagged = {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
                        "momentum": cfg.momentum}
-            resumable.restore(resume.checkpoint, str(resume.path), state, rank=rank,
-                              world=world, hyperparameters=flagged)
+            state = resumable.restore(resume.checkpoint, str(resume.path), rank=rank,
+                                      world=world, hyperparameters=flagged)
         train_model = prepare_model(model, device, channels_last=settings.channels_last,
                                     compile=cfg.compile)
         if main_process:
