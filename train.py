@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import signal
 import sys
 import time
@@ -68,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     except (NonFiniteLoss, NonFiniteWeights) as error:  # a divergence is not a user error
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # a Ctrl-C before the loop's handler, or a second one
-        print("train.py: interrupted; nothing after the last checkpoint was kept (a first "
-              "Ctrl-C during training saves one and exits cleanly)", file=sys.stderr)
+    except KeyboardInterrupt:  # a Ctrl-C before training began, or a second one
+        print("train.py: interrupted. Once training has begun, a first Ctrl-C saves a "
+              "checkpoint to --resume from; this one came before (or was a second), so the "
+              "run ended at once and kept only the checkpoints it had written",
+              file=sys.stderr)
         return 128 + signal.SIGINT
 
 
@@ -213,6 +216,46 @@ def open_run_dir(cfg: Config, resume: Resume | None, main: bool, stop: StopReque
     return run_dir
 
 
+def training_bytes(model_args: dict[str, Any], micro: int, optimizer: str) -> float:
+    """A lower bound of the memory training the network of ``model_args`` takes, ``micro``
+    images per forward: fp32 weights, gradients and optimizer state, and each conv's output
+    kept for the backward pass, at 2 bytes (bf16). Counted on the meta device, where nothing
+    is allocated: an absurd --width or --image_size is refused before it is built; inf when
+    even the count overflows torch's sizes."""
+    try:
+        with torch.device("meta"):
+            model = build_vgg(**model_args, init=None)
+    except RuntimeError:  # "Storage size calculation overflowed"
+        return math.inf
+    side, feature_maps = model_args["image_size"], 0
+    for layer in model.features:
+        if isinstance(layer, torch.nn.MaxPool2d):
+            side //= 2
+        elif isinstance(layer, torch.nn.Conv2d):
+            feature_maps += layer.out_channels * side * side
+    copies = 2 + (2 if optimizer == "adamw" else 1)  # weights, gradients, moments
+    return 4 * copies * sum(p.numel() for p in model.parameters()) + 2 * micro * feature_maps
+
+
+def check_memory(model_args: dict[str, Any], micro: int, optimizer: str,
+                 device: torch.device) -> None:
+    """Refuse a network whose training cannot fit the device's whole memory."""
+    needed = training_bytes(model_args, micro, optimizer)
+    if device.type == "cuda":
+        available = torch.cuda.get_device_properties(device).total_memory
+    else:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ConfigError(
+            f"training this network (--width {model_args['width']:g}, --fc_width "
+            f"{model_args['fc_width']}, --image_size {model_args['image_size']}, "
+            f"{micro} images per forward) needs "
+            + ("more memory than torch can address" if math.isinf(needed)
+               else f"at least {needed / 2**30:.3g} GiB")
+            + f", more than the {available / 2**30:.3g} GiB of {device}: lower them (the "
+            "paper's network is --width 1 --fc_width 4096 at 224 pixels)")
+
+
 def build_model(cfg: Config, model_args: dict[str, Any], resume: Resume | None,
                 pretrained: PretrainedWeights | None, log) -> torch.nn.Module:
     """The network to train: to be resumed (weights follow in Resumable.restore), copied
@@ -319,6 +362,7 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
                       "in_channels": data.spec.in_channels, "image_size": data.image_size,
                       "batch_norm": cfg.batch_norm, "fc_width": cfg.fc_width,
                       "width": cfg.width, "dropout": cfg.dropout}
+        check_memory(model_args, data.micro, cfg.optimizer, device)
         model = build_model(cfg, model_args, resume, pretrained, stop.announce)
         model.activation_checkpointing = cfg.activation_checkpointing
         resumable, settings, precision = build_training(cfg, model, model_args, data, device)
@@ -330,8 +374,6 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
                                       world=world, hyperparameters=flagged)
         train_model = prepare_model(model, device, channels_last=settings.channels_last,
                                     compile=cfg.compile)
-        if main_process:
-            configuration.save_yaml(resumable.config, run_dir.path / "config.yaml")
         total_steps = min(data.steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
         run_log = RunLog(run_dir.path, main=main_process, fmt=cfg.metrics_format,
                          epochs=cfg.epochs, progress=cfg.progress,
@@ -353,6 +395,10 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
             f"epochs = {data.steps_per_epoch * cfg.epochs} iterations"
             + (f", resuming at epoch {state.epoch + 1} step {state.step}" if resume else ""))
         with stop:
+            # Written once a Ctrl-C saves a checkpoint: one before this ends the run with
+            # nothing written, and a rerun of the command may use the directory again.
+            if main_process:
+                configuration.save_yaml(resumable.config, run_dir.path / "config.yaml")
             try:
                 return train_loop(cfg, train_model, resumable, state, data, settings, run_dir,
                                   run_log, stop)
