@@ -48,11 +48,11 @@ from vgg.model import build_vgg
 from vgg.optim import LRSchedule, build_optimizer
 from vgg.pretrained import PretrainedWeights, TransferReport, freeze, load_pretrained, read_weights
 from vgg.rng import seed_everything
-from vgg.run_dir import RunDirectory, checkpoint_path
+from vgg.run_dir import NonFiniteWeights, RunDirectory, checkpoint_path
 from vgg.run_log import RunLog
 from vgg.stop import StopRequest
 from vgg.train_data import Data, build_data
-from vgg.train_state import NonFiniteWeights, Resumable, TrainState
+from vgg.train_state import Resumable, TrainState
 
 
 @dataclass
@@ -115,10 +115,11 @@ def parse_config(argv: list[str] | None) -> tuple[Config, Resume | None, bool]:
                 not isinstance(resume.checkpoint.get("model_args"), dict):
             raise CheckpointError(f"{path} is not a training checkpoint of this toolkit (no "
                                   "config/model_args); use --init_from for its weights")
+        saved = saved_run_config(resume)  # checked alone first: its errors name the file
     cfg, args = configuration.parse_args(Config, argv,
                                          base=resume.checkpoint["config"] if resume else None)
     if resume is not None:
-        cfg = resumed_config(cfg, resume)
+        cfg = resumed_config(cfg, resume, saved)
     return cfg, resume, getattr(args, "print_config", False)
 
 
@@ -138,11 +139,10 @@ FIXED_MID_EPOCH = {
 }
 
 
-def resumed_config(cfg: Config, resume: Resume) -> Config:
-    """``cfg`` of a resumed run, checked against the one it was saved with: an option the
-    run fixed at its start (or mid-epoch, its order) must keep its saved value, and the run
-    directory is the checkpoint's, whatever --out_dir and --run_name say."""
-    saved = saved_run_config(resume)
+def resumed_config(cfg: Config, resume: Resume, saved: Config) -> Config:
+    """``cfg`` of a resumed run, checked against ``saved``, the one it was saved with: an
+    option the run fixed at its start (or mid-epoch, its order) must keep its saved value,
+    and the run directory is the checkpoint's, whatever --out_dir and --run_name say."""
     state = TrainState.from_checkpoint(resume.checkpoint, str(resume.path))
     fixed = FIXED_AT_START | (FIXED_MID_EPOCH if state.position else {})
     for name, why in fixed.items():

@@ -210,9 +210,8 @@ def test_eval_config_rejects_bad_values(argv, needle):
 
 
 # 9 levels of 9 aliases: a file of under 400 bytes whose value is 9^9 strings when walked.
-ALIAS_BOMB = "batch_size: [" + ",".join(
-    ["&a [" + ",".join(["lol"] * 9) + "]"]
-    + [f"&{b} [{','.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")]) + "]\n"
+ALIAS_BOMB = "batch_size: [&a [" + ",".join(["lol"] * 9) + "]" + "".join(
+    f",&{chr(ord(a) + 1)} [{','.join([f'*{a}'] * 9)}]" for a in "abcdefgh") + "]\n"
 
 
 @pytest.mark.parametrize("tool", ["train.py", "evaluate.py"])

@@ -20,10 +20,16 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vgg.checkpoint import CheckpointError, checkpoint_step, save_checkpoint
 from vgg.configuration import ConfigError, load_yaml
 from vgg.distributed import all_gather_object
 from vgg.errors import UserError
+
+
+class NonFiniteWeights(RuntimeError):
+    """The network diverged to inf or NaN: a failed run (exit code 1), not a user error."""
 
 
 class RunDirectoryError(UserError, RuntimeError):
@@ -301,8 +307,20 @@ class RunDirectory:
 
     def save_last(self, checkpoint: dict[str, Any]) -> None:
         if self.writer:
+            self._check_finite(checkpoint)
             with self.write_guard():
                 save_checkpoint(checkpoint, self.last)
+
+    def _check_finite(self, checkpoint: dict[str, Any]) -> None:
+        """Never save a network holding inf or NaN (a weight, or a BatchNorm statistic that
+        a diverging forward pass updated): last.pt stays the last good checkpoint."""
+        if not all(bool(torch.isfinite(t).all()) for t in checkpoint.get("model", {}).values()
+                   if t.is_floating_point()):
+            raise NonFiniteWeights(
+                f"the network's weights or statistics became inf or NaN by step "
+                f"{checkpoint.get('step')}; the run stopped without saving them. Last good "
+                f"checkpoint: {self.last if self.last.exists() else 'none written yet'}. "
+                "Resume from it with a lower --lr or --grad_clip")
 
     def save_epoch(self, checkpoint: dict[str, Any], epoch: int, is_best: bool) -> None:
         """The end of epoch ``epoch``: last.pt, best.pt when ``is_best``, the last k epochs.
@@ -312,6 +330,7 @@ class RunDirectory:
         claims a best.pt that was not written."""
         if not self.writer:
             return
+        self._check_finite(checkpoint)
         with self.write_guard():
             save_checkpoint(checkpoint, self.path / ("best.pt" if is_best else "last.pt"))
             if is_best:

@@ -18,10 +18,6 @@ from vgg.optim import LRSchedule, set_hyperparameters
 from vgg.rng import rng_state, set_rng_state
 
 
-class NonFiniteWeights(RuntimeError):
-    """The weights diverged to inf or NaN: a failed run, not a user error."""
-
-
 def _real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -165,14 +161,7 @@ class Resumable:
     preprocessing: dict[str, Any]
 
     def checkpoint(self, state: TrainState) -> dict[str, Any]:
-        """The checkpoint of ``state`` (a collective: every process calls it). Weights that
-        became inf or NaN are never saved: last.pt stays the last good checkpoint."""
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise NonFiniteWeights(
-                f"the weights became non-finite (inf or NaN) by step {state.step} (epoch "
-                f"{state.epoch + 1}), though the loss was finite; the run stopped without "
-                "saving them. The last good checkpoint is the run directory's last.pt (if "
-                "one was written); resume it with a lower --lr or --grad_clip")
+        """The checkpoint of ``state`` (a collective: every process calls it)."""
         state.capture_rng()
         return {"model": self.model.state_dict(), "model_args": self.model_args,
                 "config": self.config, "preprocessing": self.preprocessing,
