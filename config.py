@@ -140,8 +140,9 @@ class Config:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.train_scale is not None and self.train_scale[0] > self.train_scale[1]:
-            raise ConfigError(f"train_scale is [Smin, Smax], got {list(self.train_scale)}")
+        if self.train_scale is not None and not 0 < self.train_scale[0] <= self.train_scale[1]:
+            raise ConfigError(f"train_scale is [Smin, Smax] with 0 < Smin <= Smax, got "
+                              f"{list(self.train_scale)}")
         if (self.init == "from_A") != (self.init_from_A is not None):
             raise ConfigError("init=from_A needs init_from_A=<trained config-A checkpoint>, "
                               "and init_from_A is only used with init=from_A")
@@ -221,6 +222,8 @@ class Config:
                 f"at least the crop --image_size {self.image_size}",
                 list(self.train_scale or ()))
         require(self.workers <= 256, "workers", "at most 256 loader processes", self.workers)
+        require(0 <= self.seed < 2**32, "seed", "in [0, 2**32) (it seeds NumPy too)",
+                self.seed)
         if self.label_smoothing < 0 or self.label_smoothing >= 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if min(self.warmup_epochs, self.keep_last_k, self.checkpoint_interval,

@@ -16,8 +16,11 @@ from --resume; then the loop over vgg.engine.train_one_epoch and the end of each
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -40,12 +43,12 @@ from vgg.engine import (
     train_one_epoch,
     validate,
 )
-from vgg.errors import run_cli
+from vgg.errors import run_cli, short_repr
 from vgg.model import build_vgg
 from vgg.optim import LRSchedule, build_optimizer
 from vgg.pretrained import PretrainedWeights, TransferReport, freeze, load_pretrained, read_weights
 from vgg.rng import seed_everything
-from vgg.run_dir import RunDirectory, checkpoint_path
+from vgg.run_dir import NonFiniteWeights, RunDirectory, checkpoint_path
 from vgg.run_log import RunLog
 from vgg.stop import StopRequest
 from vgg.train_data import Data, build_data
@@ -64,9 +67,15 @@ class Resume:
 def main(argv: list[str] | None = None) -> int:
     try:
         return run_cli(functools.partial(train, argv), "train.py")
-    except NonFiniteLoss as error:  # a divergence is not a user error: exit code 1
+    except (NonFiniteLoss, NonFiniteWeights) as error:  # a divergence is not a user error
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a Ctrl-C before training began, or a second one
+        print("train.py: interrupted. Once training has begun, a first Ctrl-C saves a "
+              "checkpoint to --resume from; this one came before (or was a second), so the "
+              "run ended at once and kept only the checkpoints it had written",
+              file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 def resume_target(argv: list[str] | None) -> str | None:
@@ -107,9 +116,70 @@ def parse_config(argv: list[str] | None) -> tuple[Config, Resume | None, bool]:
                 not isinstance(resume.checkpoint.get("model_args"), dict):
             raise CheckpointError(f"{path} is not a training checkpoint of this toolkit (no "
                                   "config/model_args); use --init_from for its weights")
+        saved = saved_run_config(resume)  # checked alone first: its errors name the file
     cfg, args = configuration.parse_args(Config, argv,
                                          base=resume.checkpoint["config"] if resume else None)
+    if resume is not None:
+        cfg = resumed_config(cfg, resume, saved)
     return cfg, resume, getattr(args, "print_config", False)
+
+
+# What a run fixes when it starts, and why a resumed run cannot change it.
+FIXED_AT_START = {
+    "dataset": "the checkpoint's weights and input statistics are the dataset's",
+    "val_fraction": "it decides which training images are held out for validation",
+    "input_convention": "the input normalisation is the checkpoint's",
+    "optimizer": "the saved optimizer state is this optimizer's",
+    **dict.fromkeys(("init", "init_std", "init_from", "init_from_A", "weights"),
+                    "it only initialises a new run's weights"),
+}
+# What decides the rest of an epoch's order: changeable only at an epoch's end.
+FIXED_MID_EPOCH = {
+    "seed": "the rest of the epoch's order and augmentation come from it",
+    "train_subset": "it decides which samples the rest of the epoch draws from",
+}
+
+
+def resumed_config(cfg: Config, resume: Resume, saved: Config) -> Config:
+    """``cfg`` of a resumed run, checked against ``saved``, the one it was saved with: an
+    option the run fixed at its start (or mid-epoch, its order) must keep its saved value,
+    and the run directory is the checkpoint's, whatever --out_dir and --run_name say."""
+    state = TrainState.from_checkpoint(resume.checkpoint, str(resume.path))
+    fixed = FIXED_AT_START | (FIXED_MID_EPOCH if state.position else {})
+    for name, why in fixed.items():
+        if getattr(cfg, name) != getattr(saved, name):
+            where = (f" at epoch {state.epoch + 1}, {state.position} samples in"
+                     if name in FIXED_MID_EPOCH else "")
+            raise ConfigError(
+                f"--{name} {getattr(cfg, name)}: the run saved in {resume.path}{where} has "
+                f"{name} {getattr(saved, name)}, and resuming keeps it ({why}). Drop --{name} "
+                f"to continue the run" + (", or change it when resuming from an epoch's end"
+                                          if name in FIXED_MID_EPOCH else
+                                          f", or start a new run from its weights with "
+                                          f"--init_from {resume.path}"))
+    run_dir = resume.path.parent
+    named = Path(cfg.out_dir) / (cfg.run_name or run_dir.name)
+    if (cfg.out_dir, cfg.run_name) != (saved.out_dir, saved.run_name) and \
+            named.resolve() != run_dir.resolve():
+        raise ConfigError(f"--out_dir/--run_name name {named}, but --resume {resume.path} "
+                          f"continues the run in its own directory {run_dir}: drop them (to "
+                          "continue elsewhere, copy the run directory there and resume the copy)")
+    return dataclasses.replace(cfg, out_dir=str(run_dir.parent), run_name=run_dir.name)
+
+
+def saved_run_config(resume: Resume) -> Config:
+    """The config a resumed checkpoint was saved with, checked like flags, with errors that
+    name the checkpoint: it is not the user's command line that needs fixing."""
+    try:
+        saved = configuration.apply(Config(), resume.checkpoint["config"],
+                                    f"the config saved in {resume.path}")
+        saved = configuration.check_choices(saved)
+        saved.validate()
+    except ConfigError as error:
+        raise CheckpointError(f"{resume.path} holds a config that is not valid ({error}); "
+                              "it was edited or written by another version. Start a new run "
+                              f"from its weights with --init_from {resume.path}") from None
+    return saved
 
 
 def train(argv: list[str] | None) -> int:
@@ -126,17 +196,65 @@ def train(argv: list[str] | None) -> int:
         cleanup()
 
 
+def recorded_config(cfg: Config) -> dict[str, Any]:
+    """The config as a run records it (config.yaml, its checkpoints): what is in force."""
+    return configuration.to_dict(cfg) | {"resume": None}
+
+
 def open_run_dir(cfg: Config, resume: Resume | None, main: bool, stop: StopRequest
                  ) -> RunDirectory:
     if resume is not None:
-        run_dir = RunDirectory.reopen(resume.path, resume.checkpoint.get("step", -1),
-                                      writer=main, keep_last_k=cfg.keep_last_k)
+        run_dir = RunDirectory.reopen(resume.path, resume.checkpoint["step"], writer=main,
+                                      keep_last_k=cfg.keep_last_k)
     else:
         default = f"{cfg.dataset}-{cfg.model_version}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = RunDirectory.create(cfg.out_dir, cfg.run_name, default, writer=main,
-                                      keep_last_k=cfg.keep_last_k)
+        # --resume auto that found no checkpoint: a requeued job whose first attempt died
+        # before saving one starts it over.
+        run_dir = RunDirectory.create(
+            cfg.out_dir, cfg.run_name, default, writer=main, keep_last_k=cfg.keep_last_k,
+            restartable=recorded_config(cfg) if cfg.resume == "auto" else None)
     run_dir.write_guard = stop.writing
     return run_dir
+
+
+def training_bytes(model_args: dict[str, Any], micro: int, optimizer: str) -> float:
+    """A lower bound of the memory training the network of ``model_args`` takes, ``micro``
+    images per forward: fp32 weights, gradients and optimizer state, and each conv's output
+    kept for the backward pass, at 2 bytes (bf16). Counted on the meta device, where nothing
+    is allocated: an absurd --width or --image_size is refused before it is built; inf when
+    even the count overflows torch's sizes."""
+    try:
+        with torch.device("meta"):
+            model = build_vgg(**model_args, init=None)
+    except RuntimeError:  # "Storage size calculation overflowed"
+        return math.inf
+    side, feature_maps = model_args["image_size"], 0
+    for layer in model.features:
+        if isinstance(layer, torch.nn.MaxPool2d):
+            side //= 2
+        elif isinstance(layer, torch.nn.Conv2d):
+            feature_maps += layer.out_channels * side * side
+    copies = 2 + (2 if optimizer == "adamw" else 1)  # weights, gradients, moments
+    return 4 * copies * sum(p.numel() for p in model.parameters()) + 2 * micro * feature_maps
+
+
+def check_memory(model_args: dict[str, Any], micro: int, optimizer: str,
+                 device: torch.device) -> None:
+    """Refuse a network whose training cannot fit the device's whole memory."""
+    needed = training_bytes(model_args, micro, optimizer)
+    if device.type == "cuda":
+        available = torch.cuda.get_device_properties(device).total_memory
+    else:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ConfigError(
+            f"training this network (--width {model_args['width']:g}, --fc_width "
+            f"{model_args['fc_width']}, --image_size {model_args['image_size']}, "
+            f"{micro} images per forward) needs "
+            + ("more memory than torch can address" if math.isinf(needed)
+               else f"at least {needed / 2**30:.3g} GiB")
+            + f", more than the {available / 2**30:.3g} GiB of {device}: lower them (the "
+            "paper's network is --width 1 --fc_width 4096 at 224 pixels)")
 
 
 def build_model(cfg: Config, model_args: dict[str, Any], resume: Resume | None,
@@ -158,7 +276,7 @@ def new_model(cfg: Config, model_args: dict[str, Any], resume: Resume | None,
             differing = {k: (saved.get(k), v) for k, v in model_args.items()
                          if saved.get(k) != v}
             raise CheckpointError(f"{resume.path} holds another network than this config "
-                                  f"asks for ((checkpoint, config): {differing})")
+                                  f"asks for ((checkpoint, config): {short_repr(differing)})")
         model = build_vgg(**model_args, init=None)
         model.copied_from_A = tuple(resume.checkpoint.get("copied_from_A", ()))
         model.pretrained_modules = tuple(resume.checkpoint.get("pretrained_modules", ()))
@@ -203,7 +321,7 @@ def build_training(cfg: Config, model: torch.nn.Module, model_args: dict[str, An
     preprocessing = preprocessing_record(cfg.dataset, data.classes, data.image_size,
                                          data.spec.mean, data.spec.std, data.scale)
     resumable = Resumable(model, model_args, optimizer, schedule, scaler,
-                          configuration.to_dict(cfg) | {"resume": None}, preprocessing)
+                          recorded_config(cfg), preprocessing)
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
     settings = StepSettings(device, autocast_dtype, scaler, cfg.label_smoothing, cfg.grad_clip,
                             channels_last)
@@ -248,6 +366,7 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
                       "in_channels": data.spec.in_channels, "image_size": data.image_size,
                       "batch_norm": cfg.batch_norm, "fc_width": cfg.fc_width,
                       "width": cfg.width, "dropout": cfg.dropout}
+        check_memory(model_args, data.micro, cfg.optimizer, device)
         model = build_model(cfg, model_args, resume, pretrained, stop.announce)
         model.activation_checkpointing = cfg.activation_checkpointing
         resumable, settings, precision = build_training(cfg, model, model_args, data, device)
@@ -255,12 +374,10 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
         if resume is not None:
             flagged = {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
                        "momentum": cfg.momentum}
-            resumable.restore(resume.checkpoint, str(resume.path), state, rank=rank,
-                              world=world, hyperparameters=flagged)
+            state = resumable.restore(resume.checkpoint, str(resume.path), rank=rank,
+                                      world=world, hyperparameters=flagged)
         train_model = prepare_model(model, device, channels_last=settings.channels_last,
                                     compile=cfg.compile)
-        if main_process:
-            configuration.save_yaml(resumable.config, run_dir.path / "config.yaml")
         total_steps = min(data.steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
         run_log = RunLog(run_dir.path, main=main_process, fmt=cfg.metrics_format,
                          epochs=cfg.epochs, progress=cfg.progress,
@@ -282,6 +399,10 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
             f"epochs = {data.steps_per_epoch * cfg.epochs} iterations"
             + (f", resuming at epoch {state.epoch + 1} step {state.step}" if resume else ""))
         with stop:
+            # Written once a Ctrl-C saves a checkpoint: one before this ends the run with
+            # nothing written, and a rerun of the command may use the directory again.
+            if main_process:
+                configuration.save_yaml(resumable.config, run_dir.path / "config.yaml")
             try:
                 return train_loop(cfg, train_model, resumable, state, data, settings, run_dir,
                                   run_log, stop)

@@ -1,6 +1,8 @@
 """Configuration: defaults < YAML < flags, every field a flag, clear errors, presets valid."""
 
 import dataclasses
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -205,3 +207,61 @@ def test_eval_config_rejects_bad_values(argv, needle):
     with pytest.raises(ConfigError) as info:
         parse_args(EvalConfig, argv)
     assert needle in str(info.value)
+
+
+# 9 levels of 9 aliases: a file of under 400 bytes whose value is 9^9 strings when walked.
+ALIAS_BOMB = "batch_size: [&a [" + ",".join(["lol"] * 9) + "]" + "".join(
+    f",&{chr(ord(a) + 1)} [{','.join([f'*{a}'] * 9)}]" for a in "abcdefgh") + "]\n"
+
+
+@pytest.mark.parametrize("tool", ["train.py", "evaluate.py"])
+def test_a_yaml_alias_bomb_is_a_prompt_error_in_both_tools(tmp_path, tool):
+    """Issue 24 item 8: the message about a wrong-type value used to repr() it whole, 9^9
+    shared references, and hang. The timeout is a hang guard (startup takes seconds)."""
+    assert len(ALIAS_BOMB) < 400
+    (tmp_path / "bomb.yaml").write_text(ALIAS_BOMB)
+    done = subprocess.run([sys.executable, tool, "--config", str(tmp_path / "bomb.yaml")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={"WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"{tool}: error: --batch_size: expected int, got [[")
+    assert len(done.stderr) < 2000 and "Traceback" not in done.stderr  # short_repr's cap
+
+
+class Unprintable(list):
+    """A list whose repr() fails the test: a stand-in for one too large to print."""
+
+    def __repr__(self):
+        raise AssertionError("repr() of a valid value")
+
+
+def test_a_valid_value_is_never_repr_d_and_a_wrong_one_briefly():
+    """The type error's message is built only when the value is wrong (a valid 9^9-item
+    value used to be printed whole, and thrown away), and then capped."""
+    assert configuration.coerce("x", Unprintable([1, 2]), list[int]) == [1, 2]
+    assert configuration.coerce("x", Unprintable([1, 2]), list[int] | None) == [1, 2]
+    shared = ["lol"] * 9
+    for _ in range(8):
+        shared = [shared] * 9
+    with pytest.raises(ConfigError, match=r"--x: expected int, got \[\[\[") as error:
+        configuration.coerce("x", shared, int)
+    assert len(str(error.value)) < 2000 and str(error.value).endswith(", ...] (list)")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("1: 2\n", "must be option names (text), got 1"),
+    ("lr: 0.1\nnull: 3\n", "got None"),
+    ("lr: [" * 5000 + "]" * 5000 + "\n", "nests its values too deeply"),
+], ids=["int key", "null key", "nested 5000 deep"])
+def test_yaml_keys_that_are_not_names_and_deep_nesting_are_errors(tmp_path, text, needle):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        parse_args(Config, ["--config", str(tmp_path / "c.yaml")])
+
+
+def test_config_that_is_a_fifo_or_a_device_is_named_as_such(tmp_path):
+    """Issue 24: not "does not exist"; and never read (a FIFO blocks, /dev/zero is endless)."""
+    os.mkfifo(tmp_path / "fifo")
+    for path in (tmp_path / "fifo", Path("/dev/zero")):
+        with pytest.raises(ConfigError, match="is not a regular file"):
+            parse_args(Config, ["--config", str(path)])

@@ -84,3 +84,107 @@ def test_an_out_dir_that_cannot_hold_runs_is_a_clear_error(tmp_path):
             create(out_dir)
         with pytest.raises(RunDirectoryError, match="cannot create a run directory"):
             RunDirectory.create(str(out_dir), None, "default", writer=True)
+
+
+OWNER = """
+import sys, time
+from vgg.run_dir import RunDirectory
+with RunDirectory.create(sys.argv[1], "r", "default", writer=True):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_live_owner_in_another_process_refuses_a_second_run_until_it_dies(tmp_path):
+    """Issue 19 item 4 / issue 24: the lock is the owner process's OS lock. While a real
+    second process holds it, a run is refused; once that process is killed (no release,
+    its .lock file left behind), the next run takes the directory over."""
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True,
+                             cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        assert owner.stdout.readline() == "locked\n"
+        with pytest.raises(RunDirectoryError, match=f"in use by process {owner.pid} on "):
+            create(tmp_path)
+    finally:
+        owner.kill()
+        owner.wait(timeout=60)
+    assert (tmp_path / "r" / ".lock").read_text().split()[0] == str(owner.pid)  # left behind
+    with create(tmp_path) as second:
+        assert (second.path / ".lock").read_text().split()[0] == str(os.getpid())
+
+
+@pytest.mark.parametrize("owner", ["{dead} another-host.cluster", "{live} {host}"],
+                         ids=["dead owner on another host", "dead owner's pid reused"])
+def test_a_lock_file_that_no_process_holds_is_taken_over(tmp_path, owner):
+    """A requeued run on another host after its owner's node died, and a dead run whose
+    pid now belongs to another live process (here: this one): neither holds the lock."""
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / ".lock").write_text(
+        owner.format(dead=dead_pid(), live=os.getpid(), host=socket.gethostname()) + "\n")
+    with create(tmp_path) as run:
+        assert (run.path / ".lock").read_text().split() == [str(os.getpid()),
+                                                            socket.gethostname()]
+    assert not (tmp_path / "r" / ".lock").exists()
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "metrics.csv", "config.yaml",
+                                  "epoch_003.pt", "curves.png"])
+def test_a_new_run_refuses_a_directory_holding_any_file_of_an_earlier_run(tmp_path, name):
+    """Issue 24, data loss 2: last.pt and best.pt moved away, the rest of a run stays."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / name).write_bytes(b"an earlier run's record\n")
+    with pytest.raises(RunDirectoryError, match=f"holds files of an earlier run \\({name}\\)"):
+        create(tmp_path)
+    assert (run / name).read_bytes() == b"an earlier run's record\n"
+    assert not (run / ".lock").exists()
+
+
+def test_resume_auto_starts_over_an_attempt_of_the_same_config_that_saved_nothing(tmp_path):
+    """A requeued --resume auto whose first attempt died before its first checkpoint (it
+    wrote config.yaml and a few metrics rows) starts over; another config's files are kept."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("lr: 0.01\nseed: 0\n")
+    (run / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
+    with RunDirectory.create(str(tmp_path), "r", "default", writer=True,
+                             restartable={"lr": 0.01, "seed": 0}) as restarted:
+        assert restarted.path == run
+    with pytest.raises(RunDirectoryError, match="holds files of an earlier run"):
+        RunDirectory.create(str(tmp_path), "r", "default", writer=True,
+                            restartable={"lr": 0.01, "seed": 1})
+    save_checkpoint({"step": 3}, run / "epoch_001.pt")  # it did save one: resume that
+    with pytest.raises(RunDirectoryError, match="holds files of an earlier run"):
+        RunDirectory.create(str(tmp_path), "r", "default", writer=True,
+                            restartable={"lr": 0.01, "seed": 0})
+
+
+def test_a_damaged_checkpoint_beside_last_pt_does_not_block_resuming_it(tmp_path, capsys):
+    """Issue 24: best.pt or epoch_*.pt are read only to find a newer step than the one
+    resumed. Damaged, they cannot be newer than last.pt's save: a warning. Resuming any
+    other checkpoint, a damaged one blocks (it may be the newer one), saying why it is
+    read, and the failed resume leaves no .lock."""
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint({"step": 20}, run / "last.pt")
+    save_checkpoint({"step": 20}, run / "epoch_002.pt")
+    (run / "best.pt").write_bytes(b"PK\x03\x04 torn")
+    with RunDirectory.reopen(run / "last.pt", 20, writer=True):
+        pass
+    err = capsys.readouterr().err
+    assert f"warning: {run / 'best.pt'} cannot be read" in err and "resuming" in err
+    with pytest.raises(RunDirectoryError, match="read for its step, so that resuming "
+                       "epoch_002.pt never overwrites newer progress; move that file"):
+        RunDirectory.reopen(run / "epoch_002.pt", 20, writer=True)
+    assert not (run / ".lock").exists()
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "metrics.jsonl"])
+def test_a_run_file_turned_into_a_directory_is_refused_before_the_run(tmp_path, name):
+    run = tmp_path / "run"
+    (run / name).mkdir(parents=True)
+    save_checkpoint({"step": 5}, run / "last.pt")
+    with pytest.raises(RunDirectoryError, match=f"{name} is not a regular file"):
+        RunDirectory.reopen(run / "last.pt", 5, writer=True)
+    assert not (run / ".lock").exists() and (run / name).is_dir()

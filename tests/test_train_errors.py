@@ -2,6 +2,7 @@
 traceback, and never torch's advice to load files with weights_only=False."""
 
 import fractions
+import os
 
 import pytest
 import torch
@@ -23,6 +24,9 @@ def files(tmp_path_factory):
     for name, content in contents.items():
         torch.save(content, root / f"{name}.pt")
     (root / "a_file").write_text("not a directory")
+    (root / "int_keys.yaml").write_text("1: 2\n")
+    (root / "nested.yaml").write_text("lr: " + "[" * 5000 + "]" * 5000 + "\n")
+    os.mkfifo(root / "fifo")
     return root
 
 
@@ -54,6 +58,19 @@ CASES = [
     (["--image_size", "32", "--train_scale", "16,32"], "--train_scale"),
     (["--workers", "100000"], "--workers"),
     (["--val_fraction", "0.0001"], "validation set of Digits has no images"),
+    # issue 24: tracebacks before
+    (["--config", "{files}/int_keys.yaml"], "must be option names (text), got 1"),
+    (["--config", "{files}/nested.yaml"], "nests its values too deeply"),
+    (["--seed", str(2**64)], "--seed must be in [0, 2**32)"),
+    (["--train_scale", "8,8"], "--train_scale 8,8 does not fit --image_size 32 (Digits "
+                               "default)"),
+    (["--width", "1e6"], "needs more memory than torch can address"),
+    (["--fc_width", str(10**9)], "GiB, more than the"),
+    (["--image_size", str(2**20)], "GiB, more than the"),
+    # issue 24: unclear before
+    (["--config", "{files}/fifo"], "is not a regular file (a FIFO"),
+    (["--config", "/dev/zero"], "is not a regular file (a FIFO"),
+    (["--val_fraction", "0.9999999"], "--val_fraction 0.9999999 holds out all of them"),
 ]
 
 

@@ -18,8 +18,7 @@ def test_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     state.record(StepResult(2.0, 1, 2, 4, float("inf"), True, False, False), 4)  # overflow
     state.capture_rng()
     save_checkpoint(state.state_dict(), tmp_path / "s.pt")
-    loaded = TrainState()
-    loaded.load_state_dict(load_checkpoint(tmp_path / "s.pt"))
+    loaded = TrainState.from_checkpoint(load_checkpoint(tmp_path / "s.pt"), "s.pt")
     assert (loaded.step, loaded.position, loaded.nonfinite_steps, loaded.overflow_steps) == \
         (3, 12, 1, 1)
     totals = loaded.epoch_totals
@@ -53,8 +52,7 @@ def test_counters_add_up_every_kind_of_step():
 def test_checkpoints_from_before_overflow_counting_still_load():
     old = TrainState().state_dict()
     del old["overflow_steps"]  # written before 2026-11-22
-    state = TrainState()
-    state.load_state_dict(old)
+    state = TrainState.from_checkpoint(old, "old.pt")
     assert state.overflow_steps == 0
 
 

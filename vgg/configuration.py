@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from vgg.atomic import replace_atomically
-from vgg.errors import UserError
+from vgg.errors import UserError, short_repr
 
 
 class ConfigError(UserError, ValueError):
@@ -63,7 +63,7 @@ def _parse_text(text: str) -> Any:
     """A command-line value as YAML would read it, plus "a,b" as a list."""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # "[[[[..." nested too deep: kept as text
         return text
     if isinstance(value, str) and "," in value:
         return [_parse_text(part.strip()) for part in value.split(",")]
@@ -102,8 +102,10 @@ def coerce(name: str, value: Any, tp: Any, from_text: bool = False) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if from_text and isinstance(value, (str, list)):
         value = _from_text(value, tp)
-    wrong = ConfigError(f"--{name}: expected {_type_name(tp)}, got {value!r} "
-                        f"({type(value).__name__})")
+    def wrong() -> ConfigError:  # built only on failure: a valid value is never repr()'d
+        return ConfigError(f"--{name}: expected {_type_name(tp)}, got {short_repr(value)} "
+                           f"({type(value).__name__})")
+
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -114,14 +116,14 @@ def coerce(name: str, value: Any, tp: Any, from_text: bool = False) -> Any:
                 return coerce(name, value, arg)
             except ConfigError:
                 pass
-        raise wrong
+        raise wrong()
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise wrong
+            raise wrong()
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"--{name}: expected {len(args)} values "
-                                  f"({_type_name(tp)}), got {list(value)!r}")
+                                  f"({_type_name(tp)}), got {short_repr(list(value))}")
             items = [coerce(name, v, a) for v, a in zip(value, args, strict=True)]
         else:
             items = [coerce(name, v, args[0]) for v in value] if args else list(value)
@@ -129,13 +131,13 @@ def coerce(name: str, value: Any, tp: Any, from_text: bool = False) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise wrong
+        raise wrong()
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise wrong
+        raise wrong()
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -143,12 +145,12 @@ def coerce(name: str, value: Any, tp: Any, from_text: bool = False) -> Any:
             try:
                 return float(value)
             except ValueError:
-                raise wrong from None
-        raise wrong
+                raise wrong() from None
+        raise wrong()
     if tp is str:
         if isinstance(value, str):
             return value
-        raise wrong
+        raise wrong()
     if tp is Any:
         return value
     raise ConfigError(f"--{name}: unsupported field type {_type_name(tp)}")
@@ -168,6 +170,10 @@ def apply(config: Any, values: Mapping[str, Any], where: str, from_text: bool = 
     """A copy of ``config`` with ``values`` applied and checked."""
     cls = type(config)
     names = {f.name: f for f in dataclasses.fields(cls)}
+    not_text = [short_repr(k) for k in values if not isinstance(k, str)]
+    if not_text:
+        raise ConfigError(f"configuration keys in {where} must be option names (text), got "
+                          f"{', '.join(not_text[:5])}: write them as key: value, e.g. lr: 0.01")
     unknown = [k for k in values if k not in names]
     if unknown:
         raise _unknown(unknown, cls, where)
@@ -202,12 +208,17 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in the YAML file ``path``. Only a regular file is read: a FIFO would
+    block and a device such as /dev/zero never ends."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"--config {path} is a directory; give a YAML file (key: value per "
                           "line), e.g. configs/quickstart_digits.yaml or <run>/config.yaml")
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"--config {path} is not a regular file (a FIFO, socket or device): "
+                          "write the YAML to a file and give its path")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as error:
@@ -215,6 +226,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
                           f"{error.start}): is it a YAML file?") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests its values too deeply to be a "
+                          "configuration (a key: value per line)") from None
     except OSError as error:
         raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
     if data is None:

@@ -17,12 +17,39 @@ from pathlib import Path
 from typing import Any
 
 from vgg.atomic import replace_atomically
+from vgg.errors import UserError, short_repr
 from vgg.metrics import reported_topk
 
 METRIC_FIELDS = ("kind", "epoch", "step", "loss", "top1_err", "top5_err", "lr", "lr_divided",
                  "grad_norm",
                  "images_per_s", "data_wait", "max_memory_gib", "val_loss", "val_top1_err",
                  "val_top5_err", "val_n", "nonfinite_steps", "overflow_steps", "time")
+
+
+class MetricsError(UserError, ValueError):
+    """A metrics file that cannot be read back as rows."""
+
+
+def _whole(value: Any) -> bool:
+    """An int, or its text in a CSV file."""
+    try:
+        return not isinstance(value, bool) and int(value) == float(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def _row(line: str | dict) -> dict[str, Any] | None:
+    """A metrics line (JSON text, or a CSV row's dict) as a row, None if it is none."""
+    if isinstance(line, str):
+        try:
+            line = json.loads(line)
+        except ValueError:  # JSONDecodeError, or a number too long to convert
+            return None
+    if not (isinstance(line, dict) and isinstance(line.get("kind"), str)
+            and _whole(line.get("step"))
+            and (line["kind"] != "epoch" or _whole(line.get("epoch")))):
+        return None
+    return line
 
 
 class MetricsLog:
@@ -49,14 +76,35 @@ class MetricsLog:
     @staticmethod
     def read(path: str | Path) -> list[dict[str, Any]]:
         """The rows of a metrics file. A last line without its newline is the torn write of
-        a killed process (power loss): it is dropped, the resumed run writes it again."""
+        a killed process (power loss): it is dropped, the resumed run writes it again. Any
+        other line that is not a row (``kind``, whole ``step``; ``epoch`` too in an epoch
+        row) is a :class:`MetricsError` naming it: a resume rewrites the file from its rows."""
         path = Path(path)
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise MetricsError(f"cannot read the metrics file {path} "
+                               f"({getattr(error, 'strerror', None) or error}): a run's "
+                               "metrics file is a text file of rows; move it aside") from None
         text = text[: text.rfind("\n") + 1]
         if path.suffix == ".csv":
-            return [{k: v for k, v in row.items() if v != ""}
-                    for row in csv.DictReader(io.StringIO(text, newline=""))]
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+            lines = [{k: v for k, v in row.items() if v not in ("", None)}
+                     for row in csv.DictReader(io.StringIO(text, newline=""))]
+            first = 2  # after the header
+        else:
+            lines, first = text.splitlines(), 1
+        rows = []
+        for number, line in enumerate(lines, first):
+            if isinstance(line, str) and not line.strip():
+                continue
+            row = _row(line)
+            if row is None:
+                raise MetricsError(
+                    f"line {number} of {path} is not a metrics row ({short_repr(line)}): "
+                    "each row has a kind, a whole step and (epoch rows) epoch. Was it edited? "
+                    "Restore or delete that line")
+            rows.append(row)
+        return rows
 
     def write(self, row: dict[str, Any]) -> None:
         new = not self.path.exists()

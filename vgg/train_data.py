@@ -66,12 +66,18 @@ def build_data(cfg: Any, rank: int, world: int,
             spec = dataclasses.replace(spec, std=(PAPER_INPUT_STD,) * spec.in_channels)
         image_size = cfg.image_size or spec.image_size
         scale = cfg.train_scale or spec.train_scale_at(image_size)
+        try:
+            augment = dataset_class.train_transform(spec, image_size, scale, cfg.color_shift)
+        except ValueError as error:  # --train_scale against the dataset's default crop
+            raise ConfigError(f"--train_scale {','.join(map(str, scale))} does not fit "
+                              f"--image_size {image_size}"
+                              f"{'' if cfg.image_size else f' ({cfg.dataset} default)'}: "
+                              f"{error}") from None
         # The held-out split depends on val_fraction alone (build_dataset's fixed seed), not
         # on --seed: evaluate.py rebuilds it from the checkpoint's config.
         common = {"val_fraction": cfg.val_fraction, "download": cfg.download}
         train_set = dataset_class.build_dataset(
-            cfg.dataset, "train", cfg.data_root,
-            dataset_class.train_transform(spec, image_size, scale, cfg.color_shift), **common)
+            cfg.dataset, "train", cfg.data_root, augment, **common)
         val_set = dataset_class.build_dataset(
             cfg.dataset, "val", cfg.data_root,
             dataset_class.eval_transform(spec, image_size, single_test_scale(scale)), **common)
@@ -98,6 +104,10 @@ def build_data(cfg: Any, rank: int, world: int,
                           f"processes ({world}) x accumulation steps; choose values that "
                           "divide it")
     accumulation = cfg.batch_size // (micro * world)
+    if len(train_set) == 0:
+        raise DataError(f"the training set of {cfg.dataset} has no images" + (
+            f" left: --val_fraction {cfg.val_fraction} holds out all of them; lower it"
+            if cfg.val_fraction else f" under --data_root {cfg.data_root}"))
     if len(train_set) < world:
         raise DataError(f"the training set has {len(train_set)} samples, fewer than the "
                         f"{world} processes")

@@ -4,6 +4,7 @@ training checkpoint's dict in one place."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,8 +13,17 @@ from torch import nn
 
 from vgg.checkpoint import CheckpointError, load_model_state
 from vgg.distributed import all_gather_object
+from vgg.errors import short_repr
 from vgg.optim import LRSchedule, set_hyperparameters
 from vgg.rng import rng_state, set_rng_state
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 @dataclass
@@ -89,7 +99,15 @@ class TrainState:
                 f"{source} stopped mid-epoch with {len(self.rng)} process(es); resume it "
                 f"with {len(self.rng)} (another count works from an epoch boundary)")
         if len(self.rng) == world:
-            set_rng_state(self.rng[rank])
+            try:
+                set_rng_state(self.rng[rank])
+            except (KeyError, IndexError, TypeError, ValueError, RuntimeError,
+                    AttributeError) as error:
+                raise CheckpointError(
+                    f"{source}: its random number generator state (rng[{rank}]) is not one "
+                    f"this toolkit saves ({type(error).__name__}); the checkpoint is damaged "
+                    f"or was edited. Start a new run from its weights with --init_from "
+                    f"{source}") from None
 
     def state_dict(self) -> dict[str, Any]:
         totals = self.epoch_totals
@@ -99,13 +117,32 @@ class TrainState:
                 "epoch_totals": [totals.loss_sum, totals.top1, totals.top5, totals.samples],
                 "rng": self.rng, "wandb_run_id": self.wandb_run_id}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any], source: str) -> TrainState:
+        """The state saved in the training checkpoint ``checkpoint`` (read from ``source``),
+        each field checked: a damaged or crafted one is a CheckpointError naming it, not a
+        crash (or a wrong run) later."""
+        state = dict(checkpoint)
+        state.setdefault("overflow_steps", 0)  # absent before 2026-11-22
+        for name, ok, expected in (
+                *((n, _count, "a whole number from 0 to 2**63") for n in (
+                    "epoch", "step", "position", "nonfinite_steps", "overflow_steps")),
+                ("best_top1", lambda v: _real(v) and -1 <= v <= 1, "an accuracy in [-1, 1]"),
+                ("epoch_totals", lambda v: isinstance(v, (list, tuple)) and len(v) == 4
+                 and all(_real(x) and math.isfinite(x) for x in v), "4 finite numbers"),
+                ("rng", lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+                 "a list of RNG states"),
+                ("wandb_run_id", lambda v: v is None or isinstance(v, str), "text or null")):
+            if name not in state or not ok(state[name]):
+                got = short_repr(state[name]) if name in state else "nothing"
+                raise CheckpointError(
+                    f"{source}: its training state field {name!r} should be {expected}, got "
+                    f"{got}; the checkpoint is damaged or was edited. Start a new run from "
+                    f"its weights with --init_from {source}")
         loss_sum, top1, top5, samples = state["epoch_totals"]
-        self.epoch, self.step, self.position = state["epoch"], state["step"], state["position"]
-        self.best_top1, self.nonfinite_steps = state["best_top1"], state["nonfinite_steps"]
-        self.overflow_steps = state.get("overflow_steps", 0)  # absent before 2026-11-22
-        self.epoch_totals = Tally(loss_sum, top1, top5, samples)
-        self.rng, self.wandb_run_id = state["rng"], state["wandb_run_id"]
+        return cls(state["epoch"], state["step"], state["position"], state["best_top1"],
+                   state["nonfinite_steps"], state["overflow_steps"],
+                   Tally(loss_sum, top1, top5, samples), state["rng"], state["wandb_run_id"])
 
 
 @dataclass
@@ -135,21 +172,25 @@ class Resumable:
                 "pretrained_modules": list(getattr(self.model, "pretrained_modules", ())),
                 **state.state_dict()}
 
-    def restore(self, checkpoint: dict[str, Any], source: str, state: TrainState, *,
-                rank: int, world: int, hyperparameters: dict[str, float]) -> None:
+    def restore(self, checkpoint: dict[str, Any], source: str, *, rank: int, world: int,
+                hyperparameters: dict[str, float]) -> TrainState:
         """Load ``checkpoint`` (of the same network, checked by the caller) into these
-        objects, ``state`` and this process's RNGs. ``hyperparameters`` (lr, weight_decay,
-        momentum) are the config's: they win over the saved ones."""
-        load_model_state(self.model, checkpoint["model"], source)
+        objects and this process's RNGs; return its :class:`TrainState`.
+        ``hyperparameters`` (lr, weight_decay, momentum) are the config's: they win over
+        the saved ones."""
+        load_model_state(self.model, checkpoint.get("model"), source)
         try:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.schedule.load_state_dict(checkpoint["scheduler"])
             if self.scaler is not None and checkpoint.get("scaler"):
                 self.scaler.load_state_dict(checkpoint["scaler"])
-            state.load_state_dict(checkpoint)
-        except (KeyError, ValueError, TypeError) as error:
-            raise CheckpointError(f"{source}: its optimizer/schedule state does not fit "
-                                  f"this config ({error})") from None
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as error:
+            raise CheckpointError(f"{source}: its optimizer or schedule state cannot be "
+                                  f"loaded ({type(error).__name__} {short_repr(str(error))}): "
+                                  "the checkpoint is damaged or of another version. Start a "
+                                  f"new run from its weights with --init_from {source}") from None
+        state = TrainState.from_checkpoint(checkpoint, source)
         set_hyperparameters(self.optimizer, **hyperparameters)
         self.schedule.update(state.step)
         state.restore_rng(rank, world, source)
+        return state
