@@ -59,6 +59,7 @@ class TrainState:
     epoch_totals: Tally = field(default_factory=Tally)  # this epoch's finite steps so far
     rng: list[dict[str, Any]] = field(default_factory=list)  # every process's RNG states
     wandb_run_id: str | None = None
+    health: dict[str, Any] = field(default_factory=dict)  # vgg.health.HealthMonitor's counters
 
     def record(self, result, window_samples: int) -> None:
         """Count one optimizer step; ``window_samples`` are this process's."""
@@ -97,7 +98,7 @@ class TrainState:
                 "best_top1": self.best_top1, "nonfinite_steps": self.nonfinite_steps,
                 "overflow_steps": self.overflow_steps,
                 "epoch_totals": [totals.loss_sum, totals.top1, totals.top5, totals.samples],
-                "rng": self.rng, "wandb_run_id": self.wandb_run_id}
+                "rng": self.rng, "wandb_run_id": self.wandb_run_id, "health": self.health}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         loss_sum, top1, top5, samples = state["epoch_totals"]
@@ -106,6 +107,7 @@ class TrainState:
         self.overflow_steps = state.get("overflow_steps", 0)  # absent before 2026-11-22
         self.epoch_totals = Tally(loss_sum, top1, top5, samples)
         self.rng, self.wandb_run_id = state["rng"], state["wandb_run_id"]
+        self.health = dict(state.get("health", {}))  # absent before the health monitor
 
 
 @dataclass
