@@ -230,11 +230,14 @@ def remedies(cfg: Any, train_images: int) -> list[tuple[str, str]]:
             found.append(("init_from_A", "--init from_A --init_from_A runs/<a trained net A>: "
                           "the paper's own remedy (Sec. 3.1) for its deeper configurations"))
     if not fine_tuning and train_images < SMALL_DATA:
-        found.append(("model_version", f"only {train_images} training images: a smaller net "
-                      f"learns them (--model_version A"
-                      f"{'' if cfg.width <= 0.25 else ', --width 0.25'}), and pretrained "
-                      "weights do far better (--weights or --init_from; see "
-                      "configs/finetune_imagefolder.yaml)"))
+        smaller = ", ".join(flag for flag, needed in (
+            ("--model_version A", cfg.model_version != "A"),
+            ("--width 0.25", cfg.width > 0.25)) if needed)
+        found.append(("model_version", f"only {train_images} training images: "
+                      + (f"a smaller net ({smaller}), and " if smaller else "")
+                      + "pretrained weights (--weights, or --init_from a run of yours on "
+                      "related images; see configs/finetune_imagefolder.yaml): from scratch, "
+                      "so few images rarely train a VGG"))
     return found
 
 
@@ -247,7 +250,7 @@ def early_advice(cfg: Any, train_images: int) -> str | None:
         return None
     return (f"note: VGG-{cfg.model_version} without BatchNorm, from scratch, on "
             f"{train_images} training images rarely leaves chance (the loss stays at "
-            f"ln(classes)). Learns instead: --batch_norm true --model_version A "
-            f"--warmup_epochs 1 (configs/imagefolder_scratch.yaml), or start from pretrained "
-            f"weights (configs/finetune_imagefolder.yaml). The health monitor will say if this "
-            f"run does not learn.")
+            f"ln(classes)). Start from pretrained weights instead (configs/"
+            f"finetune_imagefolder.yaml; offline, --init_from a run of yours on related "
+            f"images), or at least add --batch_norm true. The health monitor will say if "
+            f"this run does not learn.")
