@@ -98,6 +98,10 @@ def test_a_diverging_lr_is_flagged(tmp_path, capsys):
     assert "--batch_norm" not in health[0]["message"]  # it has BN; no cure for divergence
 
 
+SMALL_SCALE = ("--train_subset", "640", "--batch_size", "32", "--width", "0.125",
+               "--max_steps", "160", "--log_interval", "20", "--workers", "0")
+
+
 def healthy(preset: str, tmp_path: Path, *extra: str) -> list[dict]:
     """Run ``preset`` past its monitor's warm-up budget by two logging intervals; its
     metrics rows. Data sizes as in the preset unless ``extra`` says otherwise."""
@@ -111,17 +115,18 @@ def healthy(preset: str, tmp_path: Path, *extra: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_the_quickstart_raises_no_false_alarm(tmp_path, capsys):
-    metrics = healthy("quickstart_digits.yaml", tmp_path, "--max_steps", "115")
+    # The preset's network at a quarter of its widths (a 2-core CPU's minutes).
+    metrics = healthy("quickstart_digits.yaml", tmp_path, "--max_steps", "115", "--width",
+                      "0.25", "--fc_width", "64")
     assert metrics[-1]["step"] >= budget_steps(20, 0) + 10  # judged past the budget
     assert "not learning" not in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_the_mnist_preset_raises_no_false_alarm(tmp_path):
-    # 2,560 of MNIST's images: 18 steps per epoch (20 of 128, 10% held out), so the budget
-    # is 18 warm-up steps + 100 (the preset logs every 100 steps: 20 here).
-    metrics = healthy("mnist.yaml", tmp_path, "--data_root", str(MNIST), "--train_subset",
-                      "2560", "--max_steps", "160", "--log_interval", "20", "--workers", "0")
+    # 640 of MNIST's images in batches of 32: 18 steps per epoch, so the budget is 18
+    # warm-up steps + 100 (the preset logs every 100 steps: 20 here). Half its widths.
+    metrics = healthy("mnist.yaml", tmp_path, "--data_root", str(MNIST), *SMALL_SCALE)
     assert metrics[-1]["step"] >= 140
 
 
@@ -129,8 +134,7 @@ def test_the_mnist_preset_raises_no_false_alarm(tmp_path):
 def test_the_cifar_presets_raise_no_false_alarm(tmp_path, cifar_root):
     for preset in ("cifar10_cpu.yaml", "cifar10.yaml"):
         metrics = healthy(preset, tmp_path / preset, "--data_root", str(cifar_root),
-                          "--train_subset", "2560", "--max_steps", "160", "--log_interval",
-                          "20", "--workers", "0", "--width", "0.125", "--device", "cpu")
+                          *SMALL_SCALE, "--device", "cpu")
         assert metrics[-1]["step"] >= 140
 
 

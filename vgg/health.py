@@ -158,7 +158,7 @@ class HealthMonitor:
         if chance and lr_divided:
             return self._warn(step, [
                 self._chance_line(row, f"epoch {row['epoch']}'s training"),
-                f"the plateau schedule divided the lr ({row['lr']:.1e}) at the end of this "
+                f"the plateau schedule divided the lr (from {row['lr']:.1e}) at the end of this "
                 "epoch while the loss has not moved from chance: a lower lr will not start "
                 "learning"])
         if chance and step >= self.budget and self.state["chance_epochs"] >= 2:
