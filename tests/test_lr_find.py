@@ -38,11 +38,11 @@ def test_the_lr_grows_exponentially_and_each_group_keeps_its_ratio():
 
 def test_smoothing_and_suggestion_by_hand():
     test = RangeTest()
-    for lr, loss in ((1e-3, 2.0), (1e-2, 1.0), (1e-1, 3.0)):
+    for lr, loss in zip((1e-4, 1e-3, 1e-2, 1e-1, 1.0), (4.0, 3.0, 1.0, 2.0, 8.0), strict=True):
         test.add(lr, loss)
-    # bias-corrected EMA with beta 0.95: 2.0; (0.95*0.05*2 + 0.05*1) / (1-0.95^2) = 1.4872
-    assert test.smoothed[:2] == pytest.approx([2.0, (0.095 + 0.05) / (1 - 0.95**2)])
-    assert test.lowest == 1 and test.suggestion() == pytest.approx(1e-3)
+    # centred window of one step each side (5% of 5 steps, at least 1), shorter at the ends
+    assert test.smoothed == pytest.approx([3.5, 8 / 3, 2.0, 11 / 3, 5.0])
+    assert test.lowest == 2 and test.suggestion() == pytest.approx(1e-3)
     flat = RangeTest()
     for lr in (1e-3, 1e-2, 1e-1):
         flat.add(lr, 2.3)
