@@ -71,10 +71,12 @@ def test_a_stalling_deep_net_is_flagged_with_evidence_and_fixes_and_stays_flagge
     assert "gradient norm per conv stage" in message and "dead ReLU" in message
     checkpoint = load_checkpoint(run_dir / "last.pt")
     assert checkpoint["step"] == step and checkpoint["health"]["warned_step"] == step
-    # Resumed (with --on_stall stop still set), the run is not stopped again for it.
-    assert train.main(["--resume", str(run_dir), "--max_steps", str(step + 10)]) == 0
+    # Resumed (with --on_stall stop still set) past the budget and two more logging
+    # intervals at chance, the run is not stopped again for it.
+    more = max(step, budget_steps(20, 0)) + 15
+    assert train.main(["--resume", str(run_dir), "--max_steps", str(more)]) == 0
     assert len(rows(run_dir, "health")) == 1
-    assert load_checkpoint(run_dir / "last.pt")["step"] == step + 10
+    assert load_checkpoint(run_dir / "last.pt")["step"] == more
 
 
 def test_the_stall_is_not_flagged_with_on_stall_ignore(tmp_path, capsys):
