@@ -116,6 +116,13 @@ class Config:
     keep_last_k: int = 0  # also keep the last k epoch checkpoints (epoch_<n>.pt)
     metrics_format: str = choice("jsonl", ("jsonl", "csv"))  # metrics file format
     on_nonfinite: str = choice("stop", ("stop", "skip"))  # non-finite loss: stop or skip step
+    # the run is not learning (loss at ln(classes) after a warm-up budget, a divergence):
+    # warn once (console, metrics, W&B) naming evidence and fixes, stop with a checkpoint, or
+    # ignore (no monitor)
+    on_stall: str = choice("warn", ("warn", "stop", "ignore"))  # not learning: warn/stop/ignore
+    lr_find: bool = False  # run the lr range test (vgg.lr_find) with this config instead
+    lr_find_steps: int = 200  # lr range test: steps of exponential lr growth
+    lr_find_range: tuple[float, float] = (1e-6, 10.0)  # lr range test: first and last lr
     progress: bool = True  # tqdm bar on a terminal; else (or false) a plain line per log_interval
     wandb: str = choice("auto", ("auto", "online", "offline", "disabled"))  # W&B mode
     wandb_project: str = "vgg"  # W&B project
@@ -226,6 +233,10 @@ class Config:
                 self.seed)
         if self.label_smoothing < 0 or self.label_smoothing >= 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        require(self.lr_find_steps >= 10, "lr_find_steps", "at least 10", self.lr_find_steps)
+        require(0 < self.lr_find_range[0] < self.lr_find_range[1]
+                and math.isfinite(self.lr_find_range[1]), "lr_find_range",
+                "two finite lrs, 0 < first < last", list(self.lr_find_range))
         if min(self.warmup_epochs, self.keep_last_k, self.checkpoint_interval,
                self.max_lr_drops, self.plateau_patience, self.workers) < 0:
             raise ConfigError("warmup_epochs, keep_last_k, checkpoint_interval, max_lr_drops, "

@@ -4,6 +4,7 @@
     python train.py --config configs/quickstart_digits.yaml    # offline, 2-core CPU, minutes
     python train.py --resume runs/<run>                        # continue exactly
     python train.py --config c.yaml --run_name X --resume auto  # continue X, else start it
+    python train.py --config c.yaml --lr_find                  # lr range test, no run
     torchrun --nproc_per_node 4 train.py --config configs/D_S256.yaml   # DDP
 
 Every option is in config.py (defaults) and can be set from a YAML file (--config) and then
@@ -40,10 +41,13 @@ from vgg.engine import (
     configure_backends,
     precision_setup,
     prepare_model,
+    report_stall,
+    stalled,
     train_one_epoch,
     validate,
 )
 from vgg.errors import run_cli, short_repr
+from vgg.health import HealthMonitor, Stalled, early_advice, remedies
 from vgg.model import build_vgg
 from vgg.optim import LRSchedule, build_optimizer
 from vgg.pretrained import PretrainedWeights, TransferReport, freeze, load_pretrained, read_weights
@@ -67,7 +71,7 @@ class Resume:
 def main(argv: list[str] | None = None) -> int:
     try:
         return run_cli(functools.partial(train, argv), "train.py")
-    except (NonFiniteLoss, NonFiniteWeights) as error:  # a divergence is not a user error
+    except (NonFiniteLoss, NonFiniteWeights, Stalled) as error:  # a failed run: exit 1
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a Ctrl-C before training began, or a second one
@@ -190,6 +194,9 @@ def train(argv: list[str] | None) -> int:
     rank, world, _, device = init_distributed(cfg.device)
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
+        if cfg.lr_find:
+            from vgg.lr_find import lr_find
+            return lr_find(cfg, resume, rank, world, device)
         return run(cfg, resume, rank, world, device)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
@@ -255,6 +262,14 @@ def check_memory(model_args: dict[str, Any], micro: int, optimizer: str,
                else f"at least {needed / 2**30:.3g} GiB")
             + f", more than the {available / 2**30:.3g} GiB of {device}: lower them (the "
             "paper's network is --width 1 --fc_width 4096 at 224 pixels)")
+
+
+def network_args(cfg: Config, data: Data) -> dict[str, Any]:
+    """build_vgg's arguments for this config and data (a checkpoint's ``model_args``)."""
+    return {"version": cfg.model_version, "num_classes": data.spec.num_classes,
+            "in_channels": data.spec.in_channels, "image_size": data.image_size,
+            "batch_norm": cfg.batch_norm, "fc_width": cfg.fc_width, "width": cfg.width,
+            "dropout": cfg.dropout}
 
 
 def build_model(cfg: Config, model_args: dict[str, Any], resume: Resume | None,
@@ -330,7 +345,8 @@ def build_training(cfg: Config, model: torch.nn.Module, model_args: dict[str, An
 
 def end_of_epoch(model: torch.nn.Module, resumable: Resumable, state: TrainState, data: Data,
                  settings: StepSettings, run_dir: RunDirectory, run_log: RunLog,
-                 stop: StopRequest, started: float) -> bool:
+                 stop: StopRequest, started: float, monitor: HealthMonitor | None = None
+                 ) -> bool:
     """Validate, log the epoch's row, step the schedule, save; False when a signal came
     during validation (the epoch's training is then saved, its validation skipped)."""
     val = validate(model, data.val_loader, settings.device, stop=stop,
@@ -345,8 +361,13 @@ def end_of_epoch(model: torch.nn.Module, resumable: Resumable, state: TrainState
     dropped = resumable.schedule.end_epoch(state.epoch, 1 - val["top1_err"])
     run_log.log(row | {"lr": resumable.schedule.lr, "lr_divided": dropped, "best": is_best,
                        "epoch_time": time.time() - started, "time": time.time()})
+    # Judged before the checkpoint, which then holds the verdict.
+    stalling = monitor is not None and report_stall(monitor, monitor.check_epoch(
+        row | {"lr": resumable.schedule.lr}, state.step, dropped), state, run_log)
     # Logged before the checkpoint: a resume from the previous one drops the row again.
     run_dir.save_epoch(resumable.checkpoint(state), state.epoch, is_best)
+    if stalling:
+        raise stalled(state.step, run_dir.last)
     return True
 
 
@@ -362,10 +383,7 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
         data = build_data(cfg, rank, world, device=device, normalization=(
             resume.checkpoint.get("preprocessing") if resume
             else pretrained.preprocessing if pretrained else None))
-        model_args = {"version": cfg.model_version, "num_classes": data.spec.num_classes,
-                      "in_channels": data.spec.in_channels, "image_size": data.image_size,
-                      "batch_norm": cfg.batch_norm, "fc_width": cfg.fc_width,
-                      "width": cfg.width, "dropout": cfg.dropout}
+        model_args = network_args(cfg, data)
         check_memory(model_args, data.micro, cfg.optimizer, device)
         model = build_model(cfg, model_args, resume, pretrained, stop.announce)
         model.activation_checkpointing = cfg.activation_checkpointing
@@ -398,6 +416,14 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
             f"accumulation x {world}, {data.steps_per_epoch} steps/epoch x {cfg.epochs} "
             f"epochs = {data.steps_per_epoch * cfg.epochs} iterations"
             + (f", resuming at epoch {state.epoch + 1} step {state.step}" if resume else ""))
+        monitor = None if cfg.on_stall == "ignore" else HealthMonitor(
+            model, num_classes=data.spec.num_classes, steps_per_epoch=data.steps_per_epoch,
+            warmup_steps=resumable.schedule.warmup_steps, state=state.health,
+            remedies=remedies(cfg, len(data.train_set)), stops=cfg.on_stall == "stop",
+            grad_clip=cfg.grad_clip,
+            sample_dead=not cfg.compile)  # hooks would recompile a compiled network
+        if (advice := early_advice(cfg, len(data.train_set))) and not resume:
+            run_log.print(advice)
         with stop:
             # Written once a Ctrl-C saves a checkpoint: one before this ends the run with
             # nothing written, and a rerun of the command may use the directory again.
@@ -405,14 +431,14 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
                 configuration.save_yaml(resumable.config, run_dir.path / "config.yaml")
             try:
                 return train_loop(cfg, train_model, resumable, state, data, settings, run_dir,
-                                  run_log, stop)
+                                  run_log, stop, monitor)
             finally:
                 run_log.close()
 
 
 def train_loop(cfg: Config, model: torch.nn.Module, resumable: Resumable, state: TrainState,
                data: Data, settings: StepSettings, run_dir: RunDirectory, run_log: RunLog,
-               stop: StopRequest) -> int:
+               stop: StopRequest, monitor: HealthMonitor | None = None) -> int:
     model.train()
     while state.epoch < cfg.epochs:
         if cfg.max_steps is not None and state.step >= cfg.max_steps:
@@ -424,9 +450,9 @@ def train_loop(cfg: Config, model: torch.nn.Module, resumable: Resumable, state:
             model, resumable, data.train_loader, state, settings,
             micro=data.micro, accumulation=data.accumulation,
             steps_per_epoch=data.steps_per_epoch, cfg=cfg,
-            run_dir=run_dir, run_log=run_log, stop=stop)
+            run_dir=run_dir, run_log=run_log, stop=stop, monitor=monitor)
         if not (finished and end_of_epoch(model, resumable, state, data, settings, run_dir,
-                                          run_log, stop, started)):
+                                          run_log, stop, started, monitor)):
             how = stop.name if stop.requested else f"max_steps={cfg.max_steps}"
             run_log.print(f"stopped by {how} at step {state.step} (epoch {state.epoch + 1}); "
                           f"checkpoint {run_dir.last}; continue with: python train.py "

@@ -15,8 +15,16 @@ so only the training step differs:
   ours            vgg.engine.train_step with the trainer's defaults: bf16 autocast on
                   GPU (fp32 on CPU), channels_last on GPU, fused SGD on GPU, and train.py's
                   configure_backends (TF32 on GPU); torch.compile off and on
+  ours + monitor  ours with the trainer's health monitor (vgg.health) as the training loop
+                  runs it: every --monitor_interval steps (the default --log_interval) a
+                  step samples dead ReLUs and reads per-stage gradient norms, and the
+                  monitor judges the interval
 Each variant's backend settings are restored after it, so none leaks into the next.
-Warm-up steps (and compilation) are excluded from the timings.
+Warm-up steps (and compilation) are excluded from the timings. A changing load (a shared
+machine) would bias a ratio towards whichever variant ran at the quieter time, so the
+variants are measured --repeats times, alternated (forward, then backward order: ABBA),
+and each figure is the median over the rounds, with the spread (min-max) of the rounds
+beside it; a ratio's median and spread are of the per-round ratios.
 
 MFU is images/s x the FLOP bound of one training image (3 x 2 x the forward
 multiply-accumulates: 92.8 GFLOP for D at 224) over the device's peak: --peak_tflops, else
@@ -28,6 +36,7 @@ kernels that take the time in each of our variants.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -46,6 +55,8 @@ from benchmarks.steps import (
     synchronize,
     training_flops_per_image,
 )
+from config import Config
+from vgg.health import HealthMonitor
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s, by a
 # substring of torch.cuda.get_device_name. The SXM parts; PCIe parts run lower clocks.
@@ -93,6 +104,33 @@ def profile_table(step, image, target, device: torch.device, rows: int) -> str:
     return profiler.key_averages().table(sort_by=sort, row_limit=rows)
 
 
+def monitored(network, step, num_classes: int, interval: int):
+    """``step`` with the health monitor around it as the trainer runs it (vgg.engine's
+    train_one_epoch): the step closing each ``interval`` is sampled, then measured and
+    judged. An interval is a run of ``interval`` consecutive steps, so a timed window of a
+    multiple of ``interval`` steps holds the same share of sampled steps as training."""
+    monitor = HealthMonitor(network, num_classes=num_classes, steps_per_epoch=1000,
+                            warmup_steps=0, remedies=[], state={})
+    count = 0
+
+    def monitored_step(image, target):
+        nonlocal count
+        count += 1
+        with monitor.sampling(count % interval == 0):
+            result = step(image, target)
+        if count % interval == 0:
+            monitor.measure(result)
+            monitor.check_interval({"loss": result.loss_sum / result.samples,
+                                    "top1_err": 1 - result.top1 / result.samples}, count, 0)
+        return result
+
+    return monitored_step
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.4g}-{max(values):.4g}"
+
+
 def throughput(args, device: torch.device) -> None:
     generator = torch.Generator().manual_seed(0)
     image = torch.randn(args.batch_size, 3, args.image_size, args.image_size,
@@ -100,11 +138,17 @@ def throughput(args, device: torch.device) -> None:
     target = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator
                            ).to(device)
     common = (args.model_version, args.image_size, args.num_classes, device, args.seed)
+
+    def ours_monitored():
+        network, step = our_variant(*common, compile_model=False)
+        return network, monitored(network, step, args.num_classes, args.monitor_interval)
+
     variants = {  # name: (build it, its backend settings)
         "reference fp32": (lambda: reference_variant(*common, amp=False), reference_backends),
         "reference amp (fp16)": (lambda: reference_variant(*common, amp=True),
                                  reference_backends),
         "ours": (lambda: our_variant(*common, compile_model=False), our_backends(device)),
+        "ours + monitor": (ours_monitored, our_backends(device)),
         "ours + compile": (lambda: our_variant(*common, compile_model=True),
                            our_backends(device)),
     }
@@ -119,35 +163,53 @@ def throughput(args, device: torch.device) -> None:
     peak, source = peak_tflops(args, device)
     print(f"config {args.model_version}, {args.image_size}x{args.image_size}, batch "
           f"{args.batch_size}, {args.num_classes} classes, {device} ({hardware}), warm-up "
-          f"{args.warmup}, timed {args.steps} steps, torch {torch.__version__}")
+          f"{args.warmup}, timed {args.steps} steps x {args.repeats} rounds alternated, "
+          f"monitor every {args.monitor_interval} steps, torch {torch.__version__}")
     print(f"bound: {flops / 1e9:.2f} GFLOP per training image; MFU against {peak:.4g} "
           f"TFLOP/s ({source}); a large matrix product ran at {args.measured_tflops:.4g} "
           f"TFLOP/s here")
-    # Each row is printed as soon as it is measured (the references first, which the
-    # ratios need), so a variant that never finishes still leaves the rows before it.
-    print(f"{'variant':<22}{'images/s':>10}{'MFU':>8}{'vs ref fp32':>13}{'vs ref amp':>12}"
-          f"{'peak memory':>14}", flush=True)
-    results, profiles = {}, {}
+    steps = {}
     for name, (make, configure) in variants.items():
         with backends(configure):
-            _, step = make()
-            speed, peak_bytes = results[name] = measure(step, image, target, device,
-                                                        args.warmup, args.steps)
-            if args.profile and name.startswith("ours"):
-                profiles[name] = profile_table(step, image, target, device, args.profile_rows)
-        del step
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        fp32 = results["reference fp32"][0]
-        amp = results.get("reference amp (fp16)", (None,))[0]
-        vs_amp = f"{speed / amp:>11.2f}x" if amp else f"{'-':>12}"
-        mfu = speed * flops / (peak * 1e12)
-        print(f"{name:<22}{speed:>10.1f}{mfu:>8.1%}{speed / fp32:>12.2f}x{vs_amp}"
-              f"{peak_bytes / 2**30:>10.2f} GiB", flush=True)
+            steps[name] = make()[1]
+    speeds = {name: [] for name in variants}
+    peaks = dict.fromkeys(variants, 0)
+    # Each round's speeds are printed as soon as measured, so a variant that never
+    # finishes still leaves the rounds before it.
+    for round_ in range(args.repeats):
+        order = list(variants) if round_ % 2 == 0 else list(variants)[::-1]
+        for name in order:
+            with backends(variants[name][1]):
+                speed, peak_bytes = measure(steps[name], image, target, device,
+                                            args.warmup, args.steps)
+            speeds[name].append(speed)
+            peaks[name] = max(peaks[name], peak_bytes)
+        print(f"round {round_ + 1}: " + ", ".join(f"{name} {speeds[name][-1]:.1f}"
+                                                    for name in variants) + " images/s",
+              flush=True)
+    print(f"{'variant':<22}{'images/s':>10}{'(spread)':>17}{'MFU':>8}{'vs ref fp32':>13}"
+          f"{'(spread)':>13}{'vs ref amp':>12}{'peak memory':>14}")
+    for name, measured in speeds.items():
+        ratios = [mine / ref for mine, ref in zip(measured, speeds["reference fp32"],
+                                                  strict=True)]
+        amp = speeds.get("reference amp (fp16)")
+        vs_amp = (f"{statistics.median(m / a for m, a in zip(measured, amp, strict=True)):>11.2f}x"
+                  if amp else f"{'-':>12}")
+        speed = statistics.median(measured)
+        print(f"{name:<22}{speed:>10.1f}{spread(measured):>17}"
+              f"{speed * flops / (peak * 1e12):>8.1%}{statistics.median(ratios):>12.2f}x"
+              f"{spread(ratios):>13}{vs_amp}{peaks[name] / 2**30:>10.2f} GiB")
+    monitor_ratios = [m / o for m, o in zip(speeds["ours + monitor"], speeds["ours"],
+                                            strict=True)]
+    print(f"health monitor on / off (ours + monitor vs ours, per round): median "
+          f"{statistics.median(monitor_ratios):.3f}x, spread {spread(monitor_ratios)}")
     kind = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak process RSS"
     print(f"(peak memory: {kind} during the timed steps)")
-    for name, table in profiles.items():
-        print(f"\nprofile of {name!r}, three steps:\n{table}")
+    if args.profile:
+        for name in (n for n in variants if n.startswith("ours")):
+            with backends(variants[name][1]):
+                table = profile_table(steps[name], image, target, device, args.profile_rows)
+            print(f"\nprofile of {name!r}, three steps:\n{table}")
 
 
 def parse_args(argv=None):
@@ -155,7 +217,13 @@ def parse_args(argv=None):
     add_model_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=None,
                         help="default: 256 on GPU, 32 on CPU")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (GPU 30, CPU 10)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per round (default: --monitor_interval)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="rounds, the variants alternated in each")
+    parser.add_argument("--monitor_interval", type=int, default=Config.log_interval,
+                        help="steps between the health monitor's samples (the trainer's "
+                             "--log_interval)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no_compile", action="store_true", help="skip the compiled variant")
     parser.add_argument("--peak_tflops", type=float, default=None,
@@ -165,7 +233,8 @@ def parse_args(argv=None):
                         help="also print torch.profiler's top kernels of our variants")
     parser.add_argument("--profile_rows", type=int, default=15)
     args = parser.parse_args(argv)
-    resolve_model_arguments(args, batch_size=(256, 32), steps=(30, 10))
+    args.steps = args.steps or args.monitor_interval
+    resolve_model_arguments(args, batch_size=(256, 32))
     check_image_size(parser, args.image_size)
     return args
 

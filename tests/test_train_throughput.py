@@ -78,9 +78,13 @@ def test_tf32_is_ours_only_and_never_leaks_into_the_reference(monkeypatch, resto
                         lambda device: real_our_backends(torch.device("cuda")))
     torch.backends.cuda.matmul.allow_tf32 = False
     before = backend_flags()
+    monkeypatch.setattr(benchmark, "monitored", lambda network, step, *args: step)
     for _ in range(2):  # the second run's reference comes after the first run's ours
-        benchmark.main(["--device", "cpu", "--image_size", "32", "--batch_size", "2"])
+        benchmark.main(["--device", "cpu", "--image_size", "32", "--batch_size", "2",
+                        "--repeats", "2"])
         assert backend_flags() == before
     reference = (False, True, True, False)  # TF32 matmuls off, convolutions on (defaults)
     ours = (True, True, True, False)
-    assert seen == [("reference", reference), ("ours", ours), ("ours", ours)] * 2
+    # Alternated: reference, ours, ours + monitor, ours + compile, then the other way round.
+    one_round = [("reference", reference), ("ours", ours), ("ours", ours), ("ours", ours)]
+    assert seen == (one_round + one_round[::-1]) * 2

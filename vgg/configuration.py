@@ -277,8 +277,10 @@ def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
         choices = f.metadata.get("choices")
         shown = ("" if choices is None or callable(choices)
                  else f" {{{','.join(c for c in choices if c is not None)}}}")
-        parser.add_argument(f"--{f.name}", metavar=_type_name(hints[f.name]).upper(),
-                            nargs="+" if _sequence_args(hints[f.name]) is not None else None,
+        # A bare boolean flag (``--lr_find``) means true.
+        flag = {"nargs": "?", "const": "true"} if hints[f.name] is bool else {
+            "nargs": "+" if _sequence_args(hints[f.name]) is not None else None}
+        parser.add_argument(f"--{f.name}", metavar=_type_name(hints[f.name]).upper(), **flag,
                             help=f"{comments.get(f.name, '')}{shown} "
                                  f"(default: {getattr(defaults, f.name)!r})")
     return parser

@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from vgg.distributed import all_reduce_sum, get_world_size, is_distributed
+from vgg.health import HealthMonitor, Stalled
 from vgg.metrics import topk_correct
 from vgg.precision import AUTOCAST_DTYPES, autocast, resolve_precision
 from vgg.train_state import Resumable, Tally, TrainState
@@ -175,13 +176,14 @@ class StepSettings:
 
 def train_one_epoch(model: nn.Module, resumable: Resumable, loader, state: TrainState,
                     settings: StepSettings, *, micro: int, accumulation: int,
-                    steps_per_epoch: int, cfg: Any, run_dir: Any, run_log: Any, stop: Any
-                    ) -> bool:
+                    steps_per_epoch: int, cfg: Any, run_dir: Any, run_log: Any, stop: Any,
+                    monitor: HealthMonitor | None = None) -> bool:
     """Train from ``state.position`` to the end of the epoch, ``accumulation`` micro-batches
     of ``micro`` samples per optimizer step; False when stopped early (a signal, or
     ``cfg.max_steps``), after writing last.pt. Every ``cfg.log_interval`` steps a row goes
-    to ``run_log``; every ``cfg.checkpoint_interval`` steps last.pt is written through
-    ``run_dir``."""
+    to ``run_log``, with the ``monitor``'s per-stage measures of that step, and the monitor
+    judges it (:func:`report_stall`); every ``cfg.checkpoint_interval`` steps last.pt is
+    written through ``run_dir``."""
     batches, interval, started, waited = iter(loader), Tally(), time.time(), 0.0
     with tqdm(total=steps_per_epoch, initial=state.position // (micro * accumulation),
               desc=f"epoch {state.epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
@@ -192,8 +194,13 @@ def train_one_epoch(model: nn.Module, resumable: Resumable, loader, state: Train
                 break
             waited += time.perf_counter() - step_started  # for the loader: data-bound?
             resumable.schedule.update(state.step)
-            result = train_step(model, resumable.optimizer, window, **vars(settings),
-                                stop_requested=stop.requested)
+            # Sampled: the step closing a logging interval, and the epoch's last (whose
+            # measures are the evidence of the monitor's epoch check).
+            sampled = monitor is not None and ((state.step + 1) % cfg.log_interval == 0
+                                               or (state.step + 1) % steps_per_epoch == 0)
+            with (monitor.sampling(sampled) if monitor else contextlib.nullcontext()):
+                result = train_step(model, resumable.optimizer, window, **vars(settings),
+                                    stop_requested=stop.requested)
             state.record(result, sum(len(y) for _, y in window))
             run_log.pace.add(result.samples, time.perf_counter() - step_started)
             if not result.finite and cfg.on_nonfinite == "stop":
@@ -210,10 +217,17 @@ def train_one_epoch(model: nn.Module, resumable: Resumable, loader, state: Train
                                   "img/s": f"{run_log.pace.images_per_s:.0f}"}, refresh=False)
             progress.update()
             if state.step % cfg.log_interval == 0:
-                if interval.samples:
-                    run_log.log(interval_row(interval, started, waited, state,
-                                             resumable.schedule.lr, settings.device))
+                row = (interval_row(interval, started, waited, state, resumable.schedule.lr,
+                                    settings.device) if interval.samples else None)
+                if row is not None:
+                    run_log.log(row | (monitor.measure(result) if monitor else {}))
+                if monitor is not None and report_stall(monitor, monitor.check_interval(
+                        row, state.step, state.nonfinite_steps), state, run_log):
+                    run_dir.save_last(resumable.checkpoint(state))
+                    raise stalled(state.step, run_dir.last)
                 interval, started, waited = Tally(), time.time(), 0.0
+            elif sampled:
+                monitor.measure(result)
             stopping = result.stop or (cfg.max_steps is not None
                                         and state.step >= cfg.max_steps)
             if stopping or (cfg.checkpoint_interval
@@ -222,6 +236,23 @@ def train_one_epoch(model: nn.Module, resumable: Resumable, loader, state: Train
             if stopping:
                 return False
     return True
+
+
+def report_stall(monitor: HealthMonitor, warning: str | None, state: TrainState,
+                 run_log: Any) -> bool:
+    """Send a :class:`HealthMonitor` warning to the console, the metrics file and W&B;
+    True when the run is to stop there (``--on_stall stop``): the caller then writes its
+    checkpoint, which holds the monitor's verdict, and raises :func:`stalled`."""
+    if warning is None:
+        return False
+    run_log.health(warning, epoch=state.epoch + 1, step=state.step)
+    return monitor.stops
+
+
+def stalled(step: int, checkpoint: Any) -> Stalled:
+    return Stalled(f"stopped by --on_stall stop at step {step}: the network is not learning "
+                   f"(the warning above says why and what to change). Checkpoint: "
+                   f"{checkpoint}; resume it with other flags, or --on_stall warn|ignore")
 
 
 def interval_row(interval: Tally, started: float, waited: float, state: TrainState,

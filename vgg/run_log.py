@@ -23,7 +23,9 @@ from vgg.metrics import reported_topk
 METRIC_FIELDS = ("kind", "epoch", "step", "loss", "top1_err", "top5_err", "lr", "lr_divided",
                  "grad_norm",
                  "images_per_s", "data_wait", "max_memory_gib", "val_loss", "val_top1_err",
-                 "val_top5_err", "val_n", "nonfinite_steps", "overflow_steps", "time")
+                 "val_top5_err", "val_n", "nonfinite_steps", "overflow_steps", "time",
+                 *(f"{measure}_stage{i}" for measure in ("grad_norm", "dead_relu")
+                   for i in range(1, 6)), "message")
 
 
 class MetricsError(UserError, ValueError):
@@ -313,6 +315,22 @@ class RunLog:
             self.print(progress_line(row, total_steps=self.total_steps,
                                      steps_per_epoch=self.steps_per_epoch, epochs=self.epochs,
                                      eta=eta), flush=True)
+
+    def health(self, message: str, *, epoch: int, step: int) -> None:
+        """The health monitor's warning (vgg.health): on the console, as a ``kind=health``
+        row of the metrics file, and as a W&B alert and ``health/not_learning`` = 1."""
+        if not self.main:
+            return
+        warn(message)
+        self.metrics.write({"kind": "health", "epoch": epoch, "step": step,
+                            "message": message, "time": time.time()})
+        if self.wandb is not None and step > self.wandb_sent_through:
+            self.wandb.log({"health/not_learning": 1}, step=step)
+            self.wandb.summary["health_warning"] = message
+            try:  # an alert needs a logged-in online run; offline it is not essential
+                self.wandb.alert(title="the network is not learning", text=message)
+            except Exception as error:  # any failure of an optional logger: the run goes on
+                warn(f"W&B alert not sent ({error})")
 
     def print(self, *args, **kwargs) -> None:
         """A console message, from the main process only."""

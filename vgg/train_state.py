@@ -69,6 +69,7 @@ class TrainState:
     epoch_totals: Tally = field(default_factory=Tally)  # this epoch's finite steps so far
     rng: list[dict[str, Any]] = field(default_factory=list)  # every process's RNG states
     wandb_run_id: str | None = None
+    health: dict[str, Any] = field(default_factory=dict)  # vgg.health.HealthMonitor's counters
 
     def record(self, result, window_samples: int) -> None:
         """Count one optimizer step; ``window_samples`` are this process's."""
@@ -115,7 +116,7 @@ class TrainState:
                 "best_top1": self.best_top1, "nonfinite_steps": self.nonfinite_steps,
                 "overflow_steps": self.overflow_steps,
                 "epoch_totals": [totals.loss_sum, totals.top1, totals.top5, totals.samples],
-                "rng": self.rng, "wandb_run_id": self.wandb_run_id}
+                "rng": self.rng, "wandb_run_id": self.wandb_run_id, "health": self.health}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any], source: str) -> TrainState:
@@ -124,6 +125,7 @@ class TrainState:
         crash (or a wrong run) later."""
         state = dict(checkpoint)
         state.setdefault("overflow_steps", 0)  # absent before 2026-11-22
+        state.setdefault("health", {})  # absent before the health monitor
         for name, ok, expected in (
                 *((n, _count, "a whole number from 0 to 2**63") for n in (
                     "epoch", "step", "position", "nonfinite_steps", "overflow_steps")),
@@ -132,7 +134,8 @@ class TrainState:
                  and all(_real(x) and math.isfinite(x) for x in v), "4 finite numbers"),
                 ("rng", lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
                  "a list of RNG states"),
-                ("wandb_run_id", lambda v: v is None or isinstance(v, str), "text or null")):
+                ("wandb_run_id", lambda v: v is None or isinstance(v, str), "text or null"),
+                ("health", lambda v: isinstance(v, dict), "a mapping of counters")):
             if name not in state or not ok(state[name]):
                 got = short_repr(state[name]) if name in state else "nothing"
                 raise CheckpointError(
@@ -142,7 +145,8 @@ class TrainState:
         loss_sum, top1, top5, samples = state["epoch_totals"]
         return cls(state["epoch"], state["step"], state["position"], state["best_top1"],
                    state["nonfinite_steps"], state["overflow_steps"],
-                   Tally(loss_sum, top1, top5, samples), state["rng"], state["wandb_run_id"])
+                   Tally(loss_sum, top1, top5, samples), state["rng"], state["wandb_run_id"],
+                   dict(state["health"]))
 
 
 @dataclass
