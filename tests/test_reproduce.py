@@ -243,7 +243,7 @@ def test_paper_plan_dry_run_trains_every_table_row_in_the_papers_order():
     assert "fine-tuned from a single-scale net of the same config trained with S = 384" in paper
     assert re.search(r"Deeper nets were initialised with the first four conv layers.*of a "
                      r"trained net A", paper)
-    for name, command in zip(position, trains):
+    for name, command in zip(position, trains, strict=True):
         config, train_s = setting[name]
         started = flag(command, "init_from") or flag(command, "init_from_A")
         source = Path(started[0]).parent.name if started else None
@@ -355,7 +355,9 @@ def test_a_run_directory_of_another_network_is_reported_and_nothing_starts_from_
     plan = write_plan(tmp_path, {"A": DIGITS, "B": {**DIGITS, "init_from": "A.best"}})
     result = reproduce(str(plan), "--plan_dir", str(plan_dir), "--stages", "B")
     assert result.returncode == 1, result.stdout + result.stderr
-    line = next(l for l in result.stdout.splitlines() if l.startswith("A "))
+    assert "B: waits for A" in result.stdout
+    status = reproduce(str(plan), "--plan_dir", str(plan_dir), "--status").stdout
+    line = next(l for l in status.splitlines() if l.startswith("A "))
     assert " failed " in line and "holds another network" in line
     assert "fc_width 32 there, 512 here" in line
     assert not (plan_dir / "B").exists()

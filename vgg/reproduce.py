@@ -172,12 +172,10 @@ def check_keys(where: str, given: Mapping[str, Any], allowed: list[str],
 
 
 def mapping(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise PlanError(f"{where} must be a mapping of key: value, got "
-                        f"{type(value).__name__}")
-    return value
+    """A section of the plan: a mapping, or nothing."""
+    if isinstance(value, dict) or value is None:
+        return value or {}
+    raise PlanError(f"{where} must be a mapping of key: value, got {type(value).__name__}")
 
 
 def load_plan(path: Path, launcher: str | None = None) -> Plan:
@@ -186,10 +184,7 @@ def load_plan(path: Path, launcher: str | None = None) -> Plan:
     if not path.is_file():
         known = sorted(p.stem for p in PLANS.glob("*.yaml"))
         raise PlanError(f"no plan file {path}; the plans in {PLANS}: {', '.join(known)}")
-    try:
-        data = mapping(yaml.safe_load(path.read_text(encoding="utf-8")), f"plan {path}")
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise PlanError(f"plan {path} is not valid YAML: {error}") from None
+    data = configuration.load_yaml(path)
     where = f"plan {path}"
     check_keys(where, data, list(PLAN_KEYS))
     train_defaults = mapping(data.get("train"), f"{where}, train")
@@ -661,8 +656,10 @@ class Runner:
                 f"{task_name} [{', '.join(task.tables)}]"
             rows.append((label, state.state, state.figure, ", ".join(task.needs)))
         widths = [max(len(row[i]) for row in rows) for i in range(3)]
-        return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths))
-                         + "  " + row[3] for row in rows).rstrip()
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths,
+                                                                    strict=True))
+                 + "  " + row[3] for row in rows]
+        return "\n".join(line.rstrip() for line in lines)
 
     def write_results(self) -> str | None:
         """vgg.results over the plan's finished evaluations: results.md and results.csv."""
