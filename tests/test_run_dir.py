@@ -12,6 +12,7 @@ from vgg.run_dir import (
     RunDirectory,
     RunDirectoryError,
     claim_run_dir,
+    lock_holder,
     remove_stale_temporaries,
 )
 
@@ -106,10 +107,13 @@ def test_a_live_owner_in_another_process_refuses_a_second_run_until_it_dies(tmp_
         assert owner.stdout.readline() == "locked\n"
         with pytest.raises(RunDirectoryError, match=f"in use by process {owner.pid} on "):
             create(tmp_path)
+        assert lock_holder(tmp_path / "r" / ".lock") == \
+            f"process {owner.pid} on {socket.gethostname()}"  # reproduce.py's "running"
     finally:
         owner.kill()
         owner.wait(timeout=60)
     assert (tmp_path / "r" / ".lock").read_text().split()[0] == str(owner.pid)  # left behind
+    assert lock_holder(tmp_path / "r" / ".lock") is None
     with create(tmp_path) as second:
         assert (second.path / ".lock").read_text().split()[0] == str(os.getpid())
 
@@ -122,9 +126,11 @@ def test_a_lock_file_that_no_process_holds_is_taken_over(tmp_path, owner):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / ".lock").write_text(
         owner.format(dead=dead_pid(), live=os.getpid(), host=socket.gethostname()) + "\n")
+    assert lock_holder(tmp_path / "r" / ".lock") is None
     with create(tmp_path) as run:
         assert (run.path / ".lock").read_text().split() == [str(os.getpid()),
                                                             socket.gethostname()]
+        assert lock_holder(run.path / ".lock") is None  # this process's own
     assert not (tmp_path / "r" / ".lock").exists()
 
 

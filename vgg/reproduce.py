@@ -35,7 +35,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -51,7 +50,7 @@ from vgg.atomic import replace_atomically
 from vgg.checkpoint import load_checkpoint
 from vgg.configuration import ConfigError
 from vgg.errors import UserError, run_cli
-from vgg.run_dir import RunDirectoryError, RunLock, checkpoint_path, process_exists
+from vgg.run_dir import RunDirectoryError, RunLock, checkpoint_path, lock_holder
 
 REPO = Path(__file__).resolve().parents[1]
 PLANS, PRESETS = REPO / "configs" / "plans", REPO / "configs"
@@ -414,20 +413,6 @@ class State:
 
     state: str
     figure: str = ""
-
-
-def lock_holder(lock: Path) -> str | None:
-    """``pid N on HOST`` of the live process a ``.lock`` (vgg.run_dir.RunLock's file:
-    ``<pid> <host>``) names; None when there is none, it is dead on this host, or it is
-    this process."""
-    try:
-        pid, host = lock.read_text().split()
-    except (FileNotFoundError, ValueError):
-        return None
-    if host == socket.gethostname() and (int(pid) == os.getpid()
-                                         or not process_exists(int(pid))):
-        return None
-    return f"pid {pid} on {host}"
 
 
 class Runner:

@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -114,7 +115,7 @@ class RunLock:
                 raise RunDirectoryError(f"cannot write in the run directory "
                                         f"{self.path.parent}: {error.strerror}") from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock_soon(fd, fcntl.LOCK_EX)
             except OSError as error:
                 os.close(fd)
                 if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
@@ -140,14 +141,9 @@ class RunLock:
         return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
     def _in_use(self) -> RunDirectoryError:
-        try:
-            pid, host = self.path.read_text().split()
-            owner = f"process {pid} on {host}"
-        except (OSError, ValueError):  # being written this instant
-            owner = "another run"
         return RunDirectoryError(
-            f"run directory {self.path.parent} is in use by {owner}: two runs would mix "
-            "their checkpoints and logs. Wait for it to end, or pick another --run_name "
+            f"run directory {self.path.parent} is in use by {_owner(self.path)}: two runs "
+            "would mix their checkpoints and logs. Wait for it to end, or pick another --run_name "
             "(the lock ends with its process: no file needs deleting)")
 
     def release(self) -> None:
@@ -158,6 +154,50 @@ class RunLock:
         self.path.unlink(missing_ok=True)
         os.close(self.fd)
         self.fd = None
+
+
+def _flock_soon(fd: int, operation: int) -> None:
+    """flock without waiting on a holder, but through a few brief retries: lock_holder's
+    shared lock of a moment (``reproduce.py`` asking who runs a task) must not make a
+    starting run see its directory as taken."""
+    for attempt in range(5):
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return
+        except OSError as error:
+            if attempt == 4 or error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            time.sleep(0.02)
+
+
+def _owner(path: Path) -> str:
+    try:
+        pid, host = path.read_text().split()
+        return f"process {pid} on {host}"
+    except (OSError, ValueError):  # being written this instant
+        return "another run"
+
+
+def lock_holder(path: Path) -> str | None:
+    """``process N on HOST`` when another live process holds the RunLock at ``path``; None
+    when none does: no file, a file a dead run left (from any host: the lock ended with
+    it), or this process's own lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        if path.read_text().split() == [str(os.getpid()), socket.gethostname()]:
+            return None
+        try:
+            _flock_soon(fd, fcntl.LOCK_SH)
+        except OSError as error:
+            return _owner(path) if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
+        return None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 class RunDirectory:
