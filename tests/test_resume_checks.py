@@ -125,8 +125,8 @@ CRAFTED = [
     ({"model": "junk"}, "'model' entry is a str"),
     ({"optimizer": {"state": {}}}, "optimizer or schedule state cannot be loaded"),
     ({"config": {"lr": "fast"}}, "holds a config that is not valid (--lr: expected float"),
-    ({"config": {"train_scale": [0, 0]}}, "holds a config that is not valid (train_scale is "
-                                          "[Smin, Smax] with 0 < Smin <= Smax, got [0, 0])"),
+    ({"config": {"train_scale": [0, 0]}}, "its training scale [0, 0] is not S or Smin <= Smax "
+                                          "of at least the network's image size"),
     ({"config": {"lr": shared_list()}}, "holds a config that is not valid (--lr: expected"),
 ]
 
