@@ -18,6 +18,7 @@ from tests.fakedata import class_color
 from tests.test_pretrained import image_loader, train_briefly
 from vgg.checkpoint import load_checkpoint
 from vgg.model import build_vgg
+from vgg.pretrained import PREPROCESSING_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "dog", "owl"]
@@ -41,7 +42,12 @@ def test_fine_tune_predict_export(tmp_path):
     source = build_vgg("A", num_classes=8, image_size=32, batch_norm=True, fc_width=32,
                        dropout=0.0)
     train_briefly(source, image_loader(tmp_path / "source", list("abcdefgh"), 4), 4, 0.01)
-    torch.save(source.state_dict(), tmp_path / "pretrained.pth")  # torchvision's format
+    # torchvision's format (a bare state dict), with the preprocessing record that
+    # vgg.export puts where torchvision's loading ignores it: how image_loader fed it.
+    state = source.state_dict()
+    state._metadata[""][PREPROCESSING_KEY] = {"mean": [0.5] * 3, "std": [0.25] * 3,
+                                              "train_scale": [32, 40]}
+    torch.save(state, tmp_path / "pretrained.pth")
     write_photo_folder(tmp_path / "photos")
     run = tmp_path / "runs" / "ft"
     train = subprocess.run(
