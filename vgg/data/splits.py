@@ -2,10 +2,10 @@
 dataset whose spec is measured from its training split.
 
 `val_fraction` None means the dataset's own choice: its own validation split where it has
-one (ImageNet's official validation set, as in the paper; an ImageFolder's val/), and "train"
-is then all of its training images; a dataset without one holds a seeded 10% of its
-training images out as "val". A number holds that share of the training images out as
-"val" whatever the dataset has, leaving its own validation split untouched.
+one (ImageNet's official validation set, as in the paper; an ImageFolder's val/, validation/
+or valid/), and "train" is then all of its training images; a dataset without one holds a
+seeded 10% of its training images out as "val". A number holds that share of the training
+images out as "val" whatever the dataset has, leaving its own validation split untouched.
 """
 
 from __future__ import annotations
