@@ -63,6 +63,17 @@ def claim_run_dir(out_dir: Path, name: str) -> Path:
         return run_dir
 
 
+def make_directory(path: Path) -> bool:
+    """Create ``path`` (and its parents); whether it was created, rather than there."""
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return False
+    return True
+
+
 def process_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
@@ -206,8 +217,10 @@ class RunDirectory:
     the lock."""
 
     def __init__(self, path: Path, *, writer: bool, keep_last_k: int = 0,
-                 write_guard: Callable[[], Any] = nullcontext):
+                 write_guard: Callable[[], Any] = nullcontext, created: bool = False):
         self.path, self.writer, self.keep_last_k = path, writer, keep_last_k
+        # Made by this process: removed at the end if the run left it empty.
+        self.created = created
         self.write_guard = write_guard  # e.g. StopRequest.writing: a 2nd Ctrl-C waits
         self.lock = RunLock(path)
 
@@ -227,11 +240,11 @@ class RunDirectory:
         run's config) is started over."""
         def decide() -> RunDirectory:
             if run_name is None:
-                path = _writable(claim_run_dir, Path(out_dir), default_name)
+                path, created = _writable(claim_run_dir, Path(out_dir), default_name), True
             else:
                 path = Path(out_dir) / run_name
-                _writable(path.mkdir, parents=True, exist_ok=True)
-            run_dir = cls(path, writer=writer, keep_last_k=keep_last_k)
+                created = _writable(make_directory, path)
+            run_dir = cls(path, writer=writer, keep_last_k=keep_last_k, created=created)
             with run_dir._locked():
                 earlier = run_dir.run_files()
                 if earlier and not (restartable is not None and not run_dir.checkpoints()
@@ -386,6 +399,17 @@ class RunDirectory:
     def __exit__(self, *exc_info) -> None:
         if self.writer:
             self.lock.release()
+            if self.created:
+                self._remove_if_empty()
+
+    def _remove_if_empty(self) -> None:
+        """A run that ended before writing anything (missing data, unusable weights) leaves
+        no empty directory behind. rmdir removes an empty directory only: a file anyone
+        put there since, or a second run's lock, keeps it."""
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
 
 
 def _writable(make: Callable, *args, **kwargs):
