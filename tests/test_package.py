@@ -43,13 +43,50 @@ def venv(tmp_path_factory) -> Path:
 def run_in(venv: Path, cwd: Path, *command: str) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**env, "WANDB_MODE": "disabled",
+                          env={**env, "WANDB_MODE": "disabled", "COLUMNS": "100",
                                "PATH": f"{venv / 'bin'}{os.pathsep}{env['PATH']}"})
 
 
 def test_the_library_imports_from_another_directory(venv, tmp_path):
     run = run_in(venv, tmp_path, str(venv / "bin" / "python"), "-c",
-                 "import vgg, vgg.train_data, vgg.pretrained\n"
+                 "import vgg, vgg.train_data, vgg.pretrained, vgg.reproduce\n"
                  "print(vgg.__file__)")
     assert run.returncode == 0, run.stderr
-    assert Path(run.stdout.strip()).is_relative_to(venv)  # the installed copy, not the checkout
+    package = Path(run.stdout.strip()).parent
+    assert package.is_relative_to(venv)  # the installed copy, not the checkout
+    assert (package / "py.typed").is_file()  # type checkers read its annotations (PEP 561)
+
+
+# Each installed command and the script or module it must behave exactly like.
+COMMANDS = {"vgg-train": ["train.py"], "vgg-evaluate": ["evaluate.py"],
+            "vgg-predict": ["predict.py"], "vgg-export": ["-m", "vgg.export"],
+            "vgg-plot": ["-m", "vgg.plot"], "vgg-results": ["-m", "vgg.results"],
+            "vgg-summary": ["-m", "vgg.summary"], "vgg-reproduce": ["-m", "vgg.reproduce"],
+            "vgg-lr-find": ["-m", "vgg.lr_find"]}
+
+
+def without_program_name(help_text: str) -> tuple[str, str]:
+    """The usage paragraph without the program's name (vgg-train rather than train.py, and
+    so wrapped differently), and the rest of the help as it is."""
+    usage, _, rest = help_text.partition("\n\n")
+    assert usage.startswith("usage: ")
+    program = usage[len("usage: "):usage.index(" [-h]")]
+    return " ".join(usage.replace(program, "", 1).split()), rest
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_prints_the_help_of_its_script(venv, tmp_path, command):
+    installed = run_in(venv, tmp_path, command, "--help")
+    script = run_in(venv, ROOT, sys.executable, *COMMANDS[command], "--help")
+    assert (installed.returncode, script.returncode) == (0, 0), installed.stderr
+    assert without_program_name(installed.stdout) == without_program_name(script.stdout)
+
+
+def test_a_command_fails_as_its_script_does(venv, tmp_path):
+    """The same one-paragraph error and exit code 2, from another directory."""
+    flags = ["--dataset", "Digits", "--lr", "nan"]
+    installed = run_in(venv, tmp_path, "vgg-train", *flags)
+    script = run_in(venv, ROOT, sys.executable, "train.py", *flags)
+    assert (installed.returncode, script.returncode) == (2, 2)
+    assert installed.stderr == script.stderr
+    assert installed.stderr.startswith("train.py: error: --lr")
