@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import itertools
 import os
 import shutil
 import socket
@@ -54,13 +53,14 @@ def claim_run_dir(out_dir: Path, name: str) -> Path:
     started in the same second (a sweep) never share a default-named directory, because
     ``mkdir`` claims it atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for n in itertools.count(1):
+    n = 1
+    while True:
         run_dir = out_dir / (name if n == 1 else f"{name}-{n}")
         try:
             run_dir.mkdir()
+            return run_dir
         except FileExistsError:
-            continue
-        return run_dir
+            n += 1
 
 
 def make_directory(path: Path) -> bool:
@@ -322,14 +322,14 @@ class RunDirectory:
                 "in the same run directory: resuming it would overwrite that progress. "
                 f"Resume {newest} instead, or copy {checkpoint.name} into a new directory "
                 "and resume it there to branch off")
-        for other, error in unreadable:
+        for other, problem in unreadable:
             if checkpoint.name != "last.pt":
                 raise RunDirectoryError(
-                    f"{other} cannot be read ({error}). Every checkpoint of the run directory "
+                    f"{other} cannot be read ({problem}). Every checkpoint of the run directory "
                     f"is read for its step, so that resuming {checkpoint.name} never "
                     "overwrites newer progress; move that file out of the directory to "
                     f"resume {checkpoint}")
-            print(f"warning: {other} cannot be read and is passed over ({error}); resuming "
+            print(f"warning: {other} cannot be read and is passed over ({problem}); resuming "
                   f"{checkpoint}. Move it away or delete it: evaluate.py cannot use it "
                   "either", file=sys.stderr, flush=True)
 

@@ -48,7 +48,7 @@ def class_names(folder: Path) -> list[str]:
     return sorted(entry.name for entry in class_entries(folder))
 
 
-def image_files(folder: str | os.PathLike) -> list[str]:
+def image_files(folder: str | os.PathLike[str]) -> list[str]:
     """The sorted names of the image files in `folder`: regular files (or links to them)
     with an image extension. A FIFO or a link to a device (/dev/zero) would block or never
     end the first read of it, so such entries are not images, whatever their name."""
