@@ -16,6 +16,7 @@ quickstart: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(PYTHON) -m mypy
 	WANDB_MODE=disabled $(PYTHON) -m pytest -q
 
 # Skips the real-data, multi-process and full-size torchvision tests.

@@ -33,7 +33,8 @@ An ImageFolder (`--dataset ImageFolder --data_root <folder>`, or `image_folder_r
 has one of three layouts:
 
 - train/ val/ test/: train/ trains, val/ takes the learning-rate decisions and picks the
-  best checkpoint, test/ gives the unbiased number (evaluate.py's default split).
+  best checkpoint, test/ gives the unbiased number (evaluate.py's default split). val/ may
+  also be named validation/ or valid/ (one of the three, not two).
 - train/ val/: the same, but nothing is left for an unbiased number; evaluate.py says so
   and offers `--split val`, optimistic since val/ chose the checkpoint.
 - train/ only, or the class folders directly in the data root: a seeded 10% of the

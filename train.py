@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+import dataset_class  # noqa: F401  (a user's own registered datasets, by --dataset name)
 from config import Config
 from vgg import configuration
 from vgg.checkpoint import CheckpointError, load_checkpoint, model_state, preprocessing_record

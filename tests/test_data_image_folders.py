@@ -202,3 +202,40 @@ def test_a_fifo_or_a_link_to_a_device_is_not_an_image(tmp_path, device):
 def test_file_paths_are_joined_as_pathlib_joins_them(folder):
     assert paths(Path(folder), ["0.png", "é.JPEG"]) == [
         str(Path(folder) / "0.png"), str(Path(folder) / "é.JPEG")]
+
+
+@pytest.mark.parametrize("name", ["validation", "valid"])
+def test_a_validation_or_valid_folder_is_the_validation_split(tmp_path, name):
+    """timm's and Hugging Face's split name: used as val/ is, not ignored for a held-out
+    share of train/."""
+    write_image_folder(tmp_path, ["a", "b"], per_class=3, splits=("train", "test"),
+                       extension=".jpg")
+    write_image_folder(tmp_path / name, ["a", "b"], per_class=2, splits=(), extension=".jpg")
+    train = build_dataset("ImageFolder", "train", tmp_path, np.asarray)
+    val = build_dataset("ImageFolder", "val", tmp_path, np.asarray)
+    assert len(train) == 6  # all of train/: nothing held out
+    assert sorted(val.files) == sorted(str(p) for p in (tmp_path / name).rglob("*.jpg"))
+    assert val.labels.tolist() == [0, 0, 1, 1]
+    assert dataset_spec("ImageFolder", tmp_path).num_classes == 2
+
+
+def test_two_validation_folders_are_an_error_naming_both(tmp_path):
+    write_image_folder(tmp_path, ["a", "b"], per_class=2, splits=("train", "val", "validation"),
+                       extension=".jpg")
+    with pytest.raises(DatasetError, match="has val/ and validation/: each is a validation"):
+        build_dataset("ImageFolder", "val", tmp_path, np.asarray)
+    with pytest.raises(DatasetError, match="has val/ and validation/"):
+        dataset_spec("ImageFolder", tmp_path)  # before measuring, as a training run starts
+
+
+def test_no_test_split_beside_validation_names_that_folder(tmp_path):
+    write_image_folder(tmp_path, ["a", "b"], per_class=2, splits=("train", "validation"),
+                       extension=".jpg")
+    with pytest.raises(DatasetNotFoundError, match="validation/ chose the checkpoint"):
+        build_dataset("ImageFolder", "test", tmp_path, np.asarray)
+
+
+def test_validation_without_train_is_not_taken_for_a_class(tmp_path):
+    write_image_folder(tmp_path, ["a", "b"], per_class=2, splits=("validation", "test"))
+    with pytest.raises(DatasetNotFoundError, match="has validation/ and test/ but no train/"):
+        build_dataset("ImageFolder", "train", tmp_path, np.asarray)

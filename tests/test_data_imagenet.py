@@ -3,13 +3,16 @@ layouts, and the paper's protocol: training on all of train/, deciding on val/."
 
 from __future__ import annotations
 
+import io
 import shutil
+import tarfile
 
 import numpy as np
 import pytest
 
 from dataset_class import DatasetNotFoundError, build_dataset, dataset_spec, eval_transform
 from tests.fakedata import class_color, write_imagenet_folders
+from vgg.data.errors import DatasetError
 
 
 @pytest.mark.parametrize("devkit", [False, True])
@@ -61,4 +64,24 @@ def test_flat_val_without_the_devkit_says_what_to_put_where(tmp_path):
     write_imagenet_folders(tmp_path, ["n01440764", "n01443537"], per_class=2, devkit=True)
     (tmp_path / "ILSVRC2012_devkit_t12.tar.gz").unlink()
     with pytest.raises(DatasetNotFoundError, match="put ILSVRC2012_devkit_t12.tar.gz"):
+        build_dataset("ImageNet", "test", tmp_path, np.asarray)
+
+
+def test_a_devkit_whose_meta_mat_is_a_folder_is_a_damaged_devkit(tmp_path):
+    write_imagenet_folders(tmp_path, ["n01440764", "n01443537"], per_class=2, devkit=True)
+    archive = tmp_path / "ILSVRC2012_devkit_t12.tar.gz"
+    with tarfile.open(archive) as original:
+        members = [(m, original.extractfile(m) if m.isfile() else None)
+                   for m in original.getmembers()]
+        contents = {m.name: f.read() for m, f in members if f is not None}
+    with tarfile.open(archive, "w:gz") as damaged:
+        for member, _ in members:
+            if member.name.endswith("data/meta.mat"):
+                member = tarfile.TarInfo(member.name)
+                member.type = tarfile.DIRTYPE
+                damaged.addfile(member)
+            else:
+                damaged.addfile(member, io.BytesIO(contents[member.name])
+                                if member.name in contents else None)
+    with pytest.raises(DatasetError, match="lacks data/meta.mat or is damaged"):
         build_dataset("ImageNet", "test", tmp_path, np.asarray)

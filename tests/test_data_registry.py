@@ -103,3 +103,15 @@ def test_the_worked_examples_in_dataset_class_register_working_datasets(tmp_path
     finally:
         DATASETS.pop("Flowers", None)
         DATASETS.pop("Shapes", None)
+
+
+def test_a_reader_returning_none_for_train_or_test_is_an_error_naming_it(tmp_path):
+    """None means "no validation split of its own", for "val" only."""
+    register("NoneReader", dataset_spec("Digits"), lambda root, split, download: None)
+    try:
+        for split in ("train", "test"):
+            with pytest.raises(UserError, match=f"reader of dataset 'NoneReader' returned "
+                                                f"None for its '{split}' split"):
+                build_dataset("NoneReader", split, tmp_path, np.asarray)
+    finally:
+        del DATASETS["NoneReader"]

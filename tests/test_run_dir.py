@@ -52,7 +52,8 @@ def test_a_live_run_owns_its_directory_and_a_dead_runs_lock_is_taken_over(tmp_pa
         assert lock == [str(os.getpid()), socket.gethostname()]
         with pytest.raises(RunDirectoryError, match=f"in use by process {os.getpid()}"):
             create(tmp_path)  # the same --run_name while the first runs
-    assert not (tmp_path / "r" / ".lock").exists()  # released at the end
+    assert not (tmp_path / "r").exists()  # lock released, the directory it left empty gone
+    (tmp_path / "r").mkdir()  # as a killed run leaves it: with its lock file
     (tmp_path / "r" / ".lock").write_text(f"{dead_pid()} {socket.gethostname()}\n")
     with create(tmp_path) as second:  # a killed run's lock
         assert (second.path / ".lock").read_text().split()[0] == str(os.getpid())

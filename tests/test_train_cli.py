@@ -427,6 +427,7 @@ def test_weights_offline_without_the_file_say_which_file_goes_where(tmp_path, mo
     assert err.startswith(f"train.py: error: --weights {name}") and "Traceback" not in err
     assert cached_file_name(name) in err and str(cache) in err
     assert err.strip().count("\n") == 0  # one paragraph
+    assert not (tmp_path / "run").exists()  # no empty run directory left behind
 
 
 def test_a_full_disk_at_a_save_is_a_clear_error_and_keeps_the_checkpoint(tmp_path, capsys):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import train
+from tests.fakedata import write_image_folder
 
 SMALL = ["--dataset", "Digits", "--model_version", "A", "--fc_width", "64", "--train_subset",
          "16", "--val_subset", "16", "--batch_size", "16", "--epochs", "1", "--workers", "0",
@@ -81,9 +82,42 @@ def test_bad_input_is_a_clear_error(files, tmp_path, capsys, extra, needle):
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and err.startswith("train.py: error:")
     assert "weights_only=False" not in err and "file an issue" not in err.lower()
+    assert list(tmp_path.iterdir()) == []  # no empty run directory left behind
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu(tmp_path, capsys):
     assert train.main([*SMALL, "--out_dir", str(tmp_path), "--device", "cuda"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_a_run_failing_before_writing_leaves_no_directory_but_keeps_a_users(tmp_path, capsys):
+    missing = ["--dataset", "ImageFolder", "--data_root", str(tmp_path / "nowhere")]
+    runs = tmp_path / "runs"
+    assert train.main([*SMALL, *missing, "--out_dir", str(runs), "--run_name", "r"]) == 2
+    assert "image folder not found" in capsys.readouterr().err
+    assert not (runs / "r").exists()
+    # A directory that was there before the run is the user's: kept, empty or not.
+    for name, contents in [("empty", {}), ("notes", {"notes.txt": "mine"})]:
+        (runs / name).mkdir(parents=True)
+        for file, text in contents.items():
+            (runs / name / file).write_text(text)
+        assert train.main([*SMALL, *missing, "--out_dir", str(runs), "--run_name", name]) == 2
+        assert {p.name: p.read_text() for p in (runs / name).iterdir()} == contents
+
+
+def test_a_failed_resume_leaves_the_run_directory_as_it_was(tmp_path, capsys):
+    """The photos moved away after training: resuming fails, the run keeps every file."""
+    photos, run_dir = tmp_path / "photos", tmp_path / "runs" / "r"
+    write_image_folder(photos, ["a", "b"], per_class=8, size=(32, 32), extension=".jpg")
+    assert train.main([*SMALL, "--dataset", "ImageFolder", "--data_root", str(photos),
+                       "--image_size", "32", "--train_subset", "8", "--val_subset", "8",
+                       "--batch_size", "8", "--out_dir", str(run_dir.parent),
+                       "--run_name", run_dir.name]) == 0
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    assert "last.pt" in before
+    photos.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert train.main(["--resume", str(run_dir), "--epochs", "2"]) == 2
+    assert "image folder not found" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before

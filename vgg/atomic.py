@@ -68,7 +68,8 @@ class RecordingWriter:
     would not be recognised as one."""
 
     def __init__(self, file: IO[bytes]):
-        self.file, self.error = file, None
+        self.file = file
+        self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:
         try:

@@ -265,11 +265,11 @@ def preprocessing_of(weights: PretrainedWeights) -> dict[str, Any]:
 def dataset_preprocessing(weights: PretrainedWeights) -> dict[str, Any]:
     """The normalisation and training scale of the weights' dataset, from its spec: for
     checkpoints written before the preprocessing was recorded."""
-    import dataset_class
+    from vgg.data import dataset_spec
 
     name = weights.config.get("dataset")
     try:
-        spec = dataset_class.dataset_spec(name, weights.config.get("data_root"))
+        spec = dataset_spec(name, weights.config.get("data_root"))
     except (ValueError, AttributeError, UserError) as error:
         raise CheckpointError(
             f"{weights.source} predates recorded preprocessing, so its normalisation comes "

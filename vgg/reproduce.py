@@ -348,10 +348,10 @@ def stage_config(stage: Stage, plan_dir: Path, base: dict[str, Any] | None = Non
 def network_of(cfg: Config) -> dict[str, Any]:
     """The network a config trains, as a checkpoint's model_args record it (the data's
     classes and channels where its spec is fixed; None where they come from its files)."""
-    import dataset_class
+    from vgg.data import dataset_spec
 
     try:
-        spec = dataset_class.dataset_spec(cfg.dataset)
+        spec = dataset_spec(cfg.dataset)
     except UserError:  # an ImageFolder: measured from its files, not known beforehand
         spec = None
     return {"version": cfg.model_version, "batch_norm": cfg.batch_norm, "width": cfg.width,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import itertools
 import os
 import shutil
 import socket
@@ -54,13 +53,25 @@ def claim_run_dir(out_dir: Path, name: str) -> Path:
     started in the same second (a sweep) never share a default-named directory, because
     ``mkdir`` claims it atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for n in itertools.count(1):
+    n = 1
+    while True:
         run_dir = out_dir / (name if n == 1 else f"{name}-{n}")
         try:
             run_dir.mkdir()
+            return run_dir
         except FileExistsError:
-            continue
-        return run_dir
+            n += 1
+
+
+def make_directory(path: Path) -> bool:
+    """Create ``path`` (and its parents); whether it was created, rather than there."""
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return False
+    return True
 
 
 def process_exists(pid: int) -> bool:
@@ -206,8 +217,10 @@ class RunDirectory:
     the lock."""
 
     def __init__(self, path: Path, *, writer: bool, keep_last_k: int = 0,
-                 write_guard: Callable[[], Any] = nullcontext):
+                 write_guard: Callable[[], Any] = nullcontext, created: bool = False):
         self.path, self.writer, self.keep_last_k = path, writer, keep_last_k
+        # Made by this process: removed at the end if the run left it empty.
+        self.created = created
         self.write_guard = write_guard  # e.g. StopRequest.writing: a 2nd Ctrl-C waits
         self.lock = RunLock(path)
 
@@ -227,11 +240,11 @@ class RunDirectory:
         run's config) is started over."""
         def decide() -> RunDirectory:
             if run_name is None:
-                path = _writable(claim_run_dir, Path(out_dir), default_name)
+                path, created = _writable(claim_run_dir, Path(out_dir), default_name), True
             else:
                 path = Path(out_dir) / run_name
-                _writable(path.mkdir, parents=True, exist_ok=True)
-            run_dir = cls(path, writer=writer, keep_last_k=keep_last_k)
+                created = _writable(make_directory, path)
+            run_dir = cls(path, writer=writer, keep_last_k=keep_last_k, created=created)
             with run_dir._locked():
                 earlier = run_dir.run_files()
                 if earlier and not (restartable is not None and not run_dir.checkpoints()
@@ -309,14 +322,14 @@ class RunDirectory:
                 "in the same run directory: resuming it would overwrite that progress. "
                 f"Resume {newest} instead, or copy {checkpoint.name} into a new directory "
                 "and resume it there to branch off")
-        for other, error in unreadable:
+        for other, problem in unreadable:
             if checkpoint.name != "last.pt":
                 raise RunDirectoryError(
-                    f"{other} cannot be read ({error}). Every checkpoint of the run directory "
+                    f"{other} cannot be read ({problem}). Every checkpoint of the run directory "
                     f"is read for its step, so that resuming {checkpoint.name} never "
                     "overwrites newer progress; move that file out of the directory to "
                     f"resume {checkpoint}")
-            print(f"warning: {other} cannot be read and is passed over ({error}); resuming "
+            print(f"warning: {other} cannot be read and is passed over ({problem}); resuming "
                   f"{checkpoint}. Move it away or delete it: evaluate.py cannot use it "
                   "either", file=sys.stderr, flush=True)
 
@@ -386,6 +399,17 @@ class RunDirectory:
     def __exit__(self, *exc_info) -> None:
         if self.writer:
             self.lock.release()
+            if self.created:
+                self._remove_if_empty()
+
+    def _remove_if_empty(self) -> None:
+        """A run that ended before writing anything (missing data, unusable weights) leaves
+        no empty directory behind. rmdir removes an empty directory only: a file anyone
+        put there since, or a second run's lock, keeps it."""
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
 
 
 def _writable(make: Callable, *args, **kwargs):

@@ -14,9 +14,16 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-import dataset_class
 from vgg.configuration import ConfigError
-from vgg.data import ArrayDataset
+from vgg.data import (
+    ArrayDataset,
+    DatasetSpec,
+    build_dataset,
+    build_loader,
+    dataset_spec,
+    eval_transform,
+    train_transform,
+)
 from vgg.data.gpu import BatchTrainTransform, JpegLoader
 from vgg.data.resident import ResidentLoader
 from vgg.data.sampling import ResumableSampler, SeededSamples, ShardSampler
@@ -33,7 +40,7 @@ class DataError(UserError, RuntimeError):
 class Data:
     """The run's datasets and loaders, and the batch arithmetic the schedule needs."""
 
-    spec: dataset_class.DatasetSpec
+    spec: DatasetSpec
     classes: list[str]
     image_size: int
     scale: tuple[int, int]
@@ -57,8 +64,7 @@ def build_data(cfg: Any, rank: int, world: int,
     fine-tuned network gets the input its weights know. Else ``--input_convention paper``
     feeds Caffe's input: 0-255 pixels minus the mean RGB."""
     try:
-        spec = dataset_class.dataset_spec(cfg.dataset, cfg.data_root,
-                                          val_fraction=cfg.val_fraction)
+        spec = dataset_spec(cfg.dataset, cfg.data_root, val_fraction=cfg.val_fraction)
         if normalization and len(normalization["mean"]) == spec.in_channels:
             spec = dataclasses.replace(spec, mean=tuple(normalization["mean"]),
                                        std=tuple(normalization["std"]))
@@ -67,7 +73,7 @@ def build_data(cfg: Any, rank: int, world: int,
         image_size = cfg.image_size or spec.image_size
         scale = cfg.train_scale or spec.train_scale_at(image_size)
         try:
-            augment = dataset_class.train_transform(spec, image_size, scale, cfg.color_shift)
+            augment = train_transform(spec, image_size, scale, cfg.color_shift)
         except ValueError as error:  # --train_scale against the dataset's default crop
             raise ConfigError(f"--train_scale {','.join(map(str, scale))} does not fit "
                               f"--image_size {image_size}"
@@ -76,11 +82,10 @@ def build_data(cfg: Any, rank: int, world: int,
         # The held-out split depends on val_fraction alone (build_dataset's fixed seed), not
         # on --seed: evaluate.py rebuilds it from the checkpoint's config.
         common = {"val_fraction": cfg.val_fraction, "download": cfg.download}
-        train_set = dataset_class.build_dataset(
-            cfg.dataset, "train", cfg.data_root, augment, **common)
-        val_set = dataset_class.build_dataset(
+        train_set = build_dataset(cfg.dataset, "train", cfg.data_root, augment, **common)
+        val_set = build_dataset(
             cfg.dataset, "val", cfg.data_root,
-            dataset_class.eval_transform(spec, image_size, single_test_scale(scale)), **common)
+            eval_transform(spec, image_size, single_test_scale(scale)), **common)
     except FileNotFoundError as error:
         raise DataError(f"{error}\n(dataset={cfg.dataset}, data_root={cfg.data_root}; set "
                         "--data_root, or try the offline quickstart: --config "
@@ -113,8 +118,8 @@ def build_data(cfg: Any, rank: int, world: int,
                         f"{world} processes")
     train_loader = train_batches(cfg, train_set, micro, rank, world, torch.device(device))
     sampler = train_loader.sampler
-    val_loader = dataset_class.build_loader(val_set, micro, train=False, workers=cfg.workers,
-                                            sampler=ShardSampler(val_set, rank, world))
+    val_loader = build_loader(val_set, micro, train=False, workers=cfg.workers,
+                              sampler=ShardSampler(val_set, rank, world))
     steps_per_epoch = math.ceil(math.ceil(sampler.per_rank() / micro) / accumulation)
     return Data(spec, classes, image_size, scale, train_set, val_set, sampler, train_loader,
                 val_loader, micro, accumulation, steps_per_epoch)
@@ -128,9 +133,8 @@ def train_batches(cfg: Any, train_set: Dataset, micro: int, rank: int, world: in
     same order (ResumableSampler) and resume at (epoch, position)."""
     if cfg.data_pipeline == "workers":
         sampler = ResumableSampler(len(train_set), cfg.seed, rank, world, with_seeds=True)
-        return dataset_class.build_loader(SeededSamples(train_set), micro, train=True,
-                                          workers=cfg.workers, drop_last=False,
-                                          sampler=sampler)
+        return build_loader(SeededSamples(train_set), micro, train=True, workers=cfg.workers,
+                            drop_last=False, sampler=sampler)
     dataset, indices = train_set, list(range(len(train_set)))
     if isinstance(train_set, Subset):  # --train_subset
         dataset, indices = train_set.dataset, list(train_set.indices)

@@ -4,7 +4,9 @@ and the ImageFolder reader with the meaning of its three layouts.
 Layouts of an ImageFolder (the folder given as data root):
 
 - ``train/ val/ test/``: train/ trains, val/ takes the plateau decisions and chooses the
-  best checkpoint, test/ is what evaluate.py scores: the only unbiased number.
+  best checkpoint, test/ is what evaluate.py scores: the only unbiased number. The
+  validation folder may also be named validation/ (timm's and Hugging Face's name) or
+  valid/; two of these names side by side are an error, as which one validates is unclear.
 - ``train/ val/``: the same, but no images are left for an unbiased score: asking for the
   test split says so and offers the choices.
 - ``train/`` alone, or the class folders directly in the data root: a seeded share of the
@@ -46,7 +48,7 @@ def class_names(folder: Path) -> list[str]:
     return sorted(entry.name for entry in class_entries(folder))
 
 
-def image_files(folder: str | os.PathLike) -> list[str]:
+def image_files(folder: str | os.PathLike[str]) -> list[str]:
     """The sorted names of the image files in `folder`: regular files (or links to them)
     with an image extension. A FIFO or a link to a device (/dev/zero) would block or never
     end the first read of it, so such entries are not images, whatever their name."""
@@ -145,10 +147,24 @@ def class_folders(folder: Path, classes: Sequence[str] | None = None) -> ImageSe
     return ImageSet(files, np.array(labels, dtype=np.int64), tuple(classes or names))
 
 
+VALIDATION_FOLDERS = ("val", "validation", "valid")  # the names the common tools write
+
+
+def validation_folder(folder: Path) -> str | None:
+    """The name of ``folder``'s validation sub-folder (one of VALIDATION_FOLDERS), or None."""
+    present = [name for name in VALIDATION_FOLDERS if (folder / name).is_dir()]
+    if len(present) > 1:
+        raise DatasetError(f"{folder} has {' and '.join(f'{name}/' for name in present)}: "
+                           "each is a validation split, and which one should choose the "
+                           "checkpoint is unclear; keep one (merge or rename the others)")
+    return present[0] if present else None
+
+
 def _no_test_split(folder: Path, has_train: bool) -> DatasetNotFoundError:
-    if (folder / "val").is_dir():
-        holds = "train/ and val/, and val/ chose the checkpoint (and the learning-rate drops)"
-        retrain = "rename val/ to test/ and train again, so that a held-out share of train/ "
+    if val := validation_folder(folder):
+        holds = (f"train/ and {val}/, and {val}/ chose the checkpoint (and the learning-rate "
+                 "drops)")
+        retrain = f"rename {val}/ to test/ and train again, so that a held-out share of train/ "
     else:
         where = "train/" if has_train else "class folders"
         holds = (f"only {where}, a seeded share of which was held out as the validation split "
@@ -171,7 +187,9 @@ def image_folder_reader(subfolder: str = "") -> Reader:
             raise DatasetNotFoundError(f"image folder not found: looked for {folder}; "
                                        + data_root_hint("the class sub-folders"))
         if not (folder / "train").is_dir():
-            strays = [f"{s}/" for s in ("val", "test") if (folder / s).is_dir()]
+            # Split folders without train/ are a mistake, not classes; "valid" is left out,
+            # a likely class name (valid/ invalid/).
+            strays = [f"{s}/" for s in ("val", "validation", "test") if (folder / s).is_dir()]
             if strays:
                 raise DatasetNotFoundError(
                     f"{folder} has {' and '.join(strays)} but no train/ folder: put the "
@@ -181,14 +199,17 @@ def image_folder_reader(subfolder: str = "") -> Reader:
             return None if part == "val" else class_folders(folder)
         if part == "train":
             return class_folders(folder / "train")
-        if not (folder / part).is_dir():
-            if part == "val":
-                return None
+        if part == "val":
+            val = validation_folder(folder)
+            if val is None:
+                return None  # a share of train/ is held out instead
+            part = val
+        elif not (folder / part).is_dir():
             raise _no_test_split(folder, has_train=True)
+        split = folder / part
         # Labelled by train/'s classes; when train/ has moved away (evaluating a trained
         # network elsewhere), by the split's own folders, relabelled by the caller.
-        return class_folders(folder / part,
-                             class_names(folder / "train") or class_names(folder / part))
+        return class_folders(split, class_names(folder / "train") or class_names(split))
 
     return read
 

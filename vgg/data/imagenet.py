@@ -31,7 +31,10 @@ def _devkit_file(folder: Path, member: str) -> bytes:
             f"{folder}, or sort val/ into val/<wnid>/ folders")
     try:
         with tarfile.open(archive_path) as archive:
-            return archive.extractfile(f"{DEVKIT}/{member}").read()
+            contents = archive.extractfile(f"{DEVKIT}/{member}")
+            if contents is None:  # a directory or link of that name, not a file
+                raise tarfile.TarError(f"{DEVKIT}/{member} is not a file")
+            return contents.read()
     except (tarfile.TarError, KeyError, EOFError, OSError) as error:
         raise DatasetError(f"{archive_path} lacks {member} or is damaged "
                            f"({type(error).__name__}: {error}); get it again") from None

@@ -2,16 +2,16 @@
 dataset whose spec is measured from its training split.
 
 `val_fraction` None means the dataset's own choice: its own validation split where it has
-one (ImageNet's official validation set, as in the paper; an ImageFolder's val/), and "train"
-is then all of its training images; a dataset without one holds a seeded 10% of its
-training images out as "val". A number holds that share of the training images out as
-"val" whatever the dataset has, leaving its own validation split untouched.
+one (ImageNet's official validation set, as in the paper; an ImageFolder's val/, validation/
+or valid/), and "train" is then all of its training images; a dataset without one holds a
+seeded 10% of its training images out as "val". A number holds that share of the training
+images out as "val" whatever the dataset has, leaving its own validation split untouched.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -41,14 +41,23 @@ def _split_images(name: str, split: str, root: str | os.PathLike,
     if val_fraction is not None and not 0 < val_fraction < 1:
         raise DatasetError(f"--val_fraction must be in (0, 1), got {val_fraction}")
     read, root = registered(name).read, Path(root)
+
+    def required(part: str) -> ImageSet:
+        images = read(root, part, download)
+        if images is None:  # a user's reader (dataset_class.py) may get this wrong
+            raise DatasetError(f"the reader of dataset {name!r} returned None for its {part!r} "
+                               "split: a reader returns the images of 'train' and 'test' (or "
+                               "raises DatasetNotFoundError), and None only for 'val'")
+        return images
+
     if split == "test":
-        return read(root, "test", download)
+        return required("test")
     if val_fraction is None:
         own_val = read(root, "val", download)
         if own_val is not None:
-            return own_val if split == "val" else read(root, "train", download)
+            return own_val if split == "val" else required("train")
         val_fraction = DEFAULT_VAL_FRACTION
-    train = read(root, "train", download)
+    train = required("train")
     kept, held_out = holdout(len(train), val_fraction, seed)
     return train.subset(held_out if split == "val" else kept)
 
@@ -64,11 +73,11 @@ def dataset_spec(name: str, root: str | os.PathLike | None = None, *,
     if root is None:
         raise DatasetError(f"{name}'s classes and statistics come from its files: "
                            f"call dataset_spec({name!r}, root)")
-    return _measured_spec(name.lower(), Path(root), val_fraction)
+    return _measured_spec(spec, name.lower(), Path(root), val_fraction)
 
 
 @lru_cache(maxsize=8)
-def _measured_spec(name: str, root: Path, val_fraction: float | None) -> DatasetSpec:
+def _measured_spec(measure: Callable[[ImageSet], DatasetSpec], name: str, root: Path,
+                   val_fraction: float | None) -> DatasetSpec:
     """Measuring decodes a sample of images: once per process for each dataset."""
-    train = split_images(name, "train", root, val_fraction=val_fraction)
-    return registered(name).spec(train)
+    return measure(split_images(name, "train", root, val_fraction=val_fraction))
