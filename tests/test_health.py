@@ -72,13 +72,17 @@ def test_the_stall_is_not_flagged_with_on_stall_ignore(tmp_path, capsys):
 
 
 def test_a_diverging_lr_is_flagged(tmp_path, capsys):
-    # An lr of 1e4 on the quickstart's network: every step non-finite, skipped.
+    # An lr of 1e4 on the quickstart's network: most steps non-finite, skipped; the steps
+    # that were applied blow the weights up, so the run ends failed (exit 1) at its
+    # checkpoint, which refuses to save them. The warning came first, at step 5.
     run_dir = tmp_path / "diverge"
     args = ["--config", str(ROOT / "configs" / "quickstart_digits.yaml"), "--width", "0.25",
             "--fc_width", "64", "--lr", "1e4", "--on_nonfinite", "skip", "--max_steps", "10",
             "--wandb", "disabled", "--progress", "false", "--out_dir", str(tmp_path),
             "--run_name", "diverge"]
-    assert train.main(args) == 0
+    assert train.main(args) == 1
+    assert "became inf or NaN" in capsys.readouterr().err
+    assert not (run_dir / "last.pt").exists()
     health = rows(run_dir, "health")
     assert len(health) == 1 and health[0]["step"] == 5  # the first logging interval
     assert "non-finite" in health[0]["message"] and "--lr" in health[0]["message"]
