@@ -219,6 +219,7 @@ def test_datasets_hold_their_paths_as_shared_arrays_not_python_strings(tmp_path)
     assert own.files == paths and own.files[-1] == paths[-1]
 
 
+@pytest.mark.slow
 def test_rank_0_lists_and_the_other_rank_reads_its_index(tmp_path):
     data = write_tree(tmp_path)
     result = subprocess.run(
