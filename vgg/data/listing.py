@@ -185,7 +185,7 @@ def read_index(folder: Path, kind: str, state: TreeState) -> Listing | None:
             listing = _read(path, kind, state)
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
             warn(f"the file index {path} is damaged ({type(error).__name__}: {error}); "
-                 f"ignoring it: {folder} is listed again and its index rewritten")
+                 f"ignoring it: {folder} is listed again and a new index written")
             continue
         if listing is not None:
             return listing
@@ -236,8 +236,9 @@ def list_folder(folder: Path, kind: str = "classes") -> Listing:
     lists while the others wait, then they read its index (or list for themselves where it
     could write none: a folder changed seconds ago, a cache on another node's disk)."""
     if is_main():
-        listing = _listing(folder, kind)
+        try:
+            return _listing(folder, kind)
+        finally:
+            barrier()  # also after an error, which the others then meet for themselves
     barrier()
-    if not is_main():
-        listing = _listing(folder, kind)
-    return listing
+    return _listing(folder, kind)
