@@ -23,15 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vgg.atomic import WriteError, replace_atomically
+from vgg.atomic import replace_atomically
 from vgg.data.decoding import IMAGE_EXTENSIONS
 from vgg.data.file_list import FileList
 from vgg.distributed import barrier, is_main
 from vgg.run_log import warn
 
-# What is listed: "classes", the images in each class sub-folder of a folder (train/,
-# val/<class>/); "flat", the images directly in a folder (ImageNet's val/ as released).
-KINDS = ("classes", "flat")
 # The index file's layout; an index of another version is listed again, never misread.
 FORMAT = 1
 # A folder modified within this many seconds of being listed may be modified again within
@@ -148,7 +145,8 @@ class DamagedIndex(ValueError):
     """An index file whose arrays do not fit together."""
 
 
-def _offsets(data: np.lib.npyio.NpzFile, buffer: str, offsets: str) -> FileList:
+def _names(data: np.lib.npyio.NpzFile, buffer: str, offsets: str) -> FileList:
+    """The names stored as ``data[buffer]`` cut at ``data[offsets]``, checked to fit."""
     values, bounds = data[buffer], data[offsets]
     if values.dtype != np.uint8 or values.ndim != 1 or bounds.dtype != np.int64 \
             or bounds.ndim != 1 or len(bounds) < 1 or bounds[0] != 0 \
@@ -163,13 +161,13 @@ def _read(path: Path, kind: str, state: TreeState) -> Listing | None:
     with np.load(path, allow_pickle=False) as data:
         if data["format"].shape != () or int(data["format"]) != FORMAT:
             return None
-        classes = tuple(_offsets(data, "class_names", "class_offsets"))
+        classes = tuple(_names(data, "class_names", "class_offsets"))
         stamps = data["stamps"]
         if stamps.dtype != np.int64 or stamps.shape != (len(classes) + 1, 3):
             raise DamagedIndex("its tree state has the wrong shape")
         if TreeState(classes, tuple(map(tuple, stamps.tolist()))) != state:
             return None
-        counts, files = data["counts"], _offsets(data, "paths", "offsets")
+        counts, files = data["counts"], _names(data, "paths", "offsets")
         if counts.dtype != np.int64 or counts.shape != (0 if kind == "flat" else len(classes),) \
                 or (counts < 0).any() or (kind != "flat" and counts.sum() != len(files)):
             raise DamagedIndex("its class sizes do not add up to its files")
@@ -200,7 +198,7 @@ def write_index(folder: Path, kind: str, listing: Listing) -> None:
         try:
             _write(path, listing)
             return
-        except (WriteError, OSError) as error:
+        except OSError as error:  # WriteError too: a read-only folder, a full disk
             failures.append(f"{path.parent}: {error}")
     warn(f"could not write the file index of {folder} ({'; '.join(failures)}); it will be "
          "listed again at the next start")
@@ -229,12 +227,14 @@ def _listing(folder: Path, kind: str) -> Listing:
 
 
 def list_folder(folder: Path, kind: str = "classes") -> Listing:
-    """The listing of `folder` (`kind` "classes" or "flat", see KINDS): kept from earlier
-    in this process, read from its index, or taken and stored, while the tree is unchanged
-    (``tree_state``) and settled (``SETTLED_SECONDS``). In a distributed job every rank
-    calls it for the same folders in the same order (they build the same data sets): rank 0
-    lists while the others wait, then they read its index (or list for themselves where it
-    could write none: a folder changed seconds ago, a cache on another node's disk)."""
+    """The listing of `folder`, `kind` "classes" (the images in each class sub-folder:
+    train/, val/<class>/) or "flat" (the images in `folder` itself: ImageNet's val/ as
+    released): kept from earlier in this process, read from its index, or taken and stored,
+    while the tree is unchanged (``tree_state``) and settled (``SETTLED_SECONDS``). In a
+    distributed job every rank calls it for the same folders in the same order (they build
+    the same data sets): rank 0 lists while the others wait, then they read its index (or
+    list for themselves where it could write none: a folder changed seconds ago, a cache on
+    another node's disk)."""
     if is_main():
         try:
             return _listing(folder, kind)
