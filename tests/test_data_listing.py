@@ -216,7 +216,7 @@ def test_datasets_hold_their_paths_as_shared_arrays_not_python_strings(tmp_path)
     paths = [str(data / "val" / "b" / "0.png"), str(data / "val" / "é" / "1.png")]
     own = ImageFileDataset(ImageSet(paths, np.array([0, 1]), ("b", "é")), np.asarray)
     assert type(own.files) is FileList and list(own.files) == paths
-    assert own.files == paths and own.files[-1] == paths[-1]
+    assert own.files == paths and own.files[-1] == paths[-1] and own.files[1:] == paths[1:]
 
 
 @pytest.mark.slow

@@ -58,7 +58,9 @@ class FileList(Sequence[str]):
     def __len__(self) -> int:
         return len(self.starts)
 
-    def __getitem__(self, index: int) -> str:  # type: ignore[override]
+    def __getitem__(self, index: int | slice) -> str | FileList:  # type: ignore[override]
+        if isinstance(index, slice):
+            return FileList(self.prefix, self.buffer, self.starts[index], self.ends[index])
         i = range(len(self))[operator.index(index)]  # IndexError past the end, as lists do
         return self.prefix + os.fsdecode(self.buffer[self.starts[i]:self.ends[i]].tobytes())
 
