@@ -21,9 +21,10 @@ from vgg.train_data import build_data
 
 
 def prepare(folder: str, files: int = 100_000, classes: int = 1000) -> None:
-    """<folder>/train/<class>/<i>.JPEG: ``files`` hard links to 16 tiny JPEGs, in
-    ``classes`` class folders."""
-    sources = write_jpegs(Path(folder), 16, shapes=[(48, 64)])
+    """<folder>/train/<class>/<i>.JPEG: ``files`` hard links to 16 tiny JPEGs (more where
+    ext4's 65,000 links per file would not do: ImageNet's 1.28M), in ``classes`` class
+    folders."""
+    sources = write_jpegs(Path(folder), max(16, -(-files // 60_000)), shapes=[(48, 64)])
     for label in range(classes):
         (Path(folder) / "train" / f"n{label:08d}").mkdir(parents=True)
     for i in range(files):

@@ -19,6 +19,7 @@ from benchmarks import (
     data_pipeline,
     evaluate_throughput,
     gpu_data,
+    index_startup,
     photo_folder,
     train_memory,
     train_throughput,
@@ -28,7 +29,7 @@ from benchmarks.steps import training_flops_per_image
 ROOT = Path(__file__).parents[1]
 MODULES = ["train_throughput", "train_memory", "gpu_data", "cifar_speed", "data_pipeline",
            "evaluate_throughput", "distributed_smoke", "photo_folder", "before_after",
-           "checkpoint_save", "data_setup"]
+           "checkpoint_save", "data_setup", "index_startup"]
 
 
 def test_the_bound_is_three_times_the_forward_flops():
@@ -130,6 +131,17 @@ def test_each_before_after_probe_runs_in_both_checkouts(capsys, probe):
     output = capsys.readouterr().out
     assert re.search(r"^round 1: before [\d.]+ \S+, after [\d.]+", output, re.MULTILINE)
     assert "speed-up after / before, per round: median" in output
+
+
+@pytest.mark.slow
+def test_index_startup_compares_a_first_start_and_a_restart_with_torchvision(capsys):
+    index_startup.main(["--files", "40", "--classes", "4"])  # a restart that lists raises
+    output = capsys.readouterr().out
+    assert "40 files in 4 class folders (hard links)" in output
+    for row in ("| seconds to the dataset and its sample 0 |", "| main process RSS growth |",
+                "| forked worker's private growth after reading every path |"):
+        cells = next(line for line in output.splitlines() if line.startswith(row)).split("|")
+        assert len(cells) == 8 and cells[-2].strip().endswith("x")  # 3 figures, 2 ratios
 
 
 @pytest.mark.slow

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from dataset_class import DatasetNotFoundError, build_dataset, dataset_spec
-from tests.fakedata import class_color, write_image_folder
+from tests.fakedata import class_color, settle, write_image_folder
 from vgg.data.errors import DatasetError
-from vgg.data.image_folders import paths
+from vgg.data.file_list import FileList
 from vgg.data.imageset import holdout
 from vgg.data.statistics import MIN_STD
 
@@ -108,14 +108,6 @@ def test_val_or_test_without_train_is_not_taken_for_class_folders(tmp_path):
         build_dataset("ImageFolder", "train", tmp_path, np.asarray)
 
 
-def settle(root) -> None:
-    """Date every folder under ``root`` to one fixed moment in 2023, as a tree nobody is
-    writing to: a listing of a folder modified within seconds is not trusted for reuse."""
-    old = 1_700_000_000
-    for folder in [root, *(p for p in Path(root).rglob("*") if p.is_dir())]:
-        os.utime(folder, (old, old))
-
-
 def listed_as_before(folder: Path) -> list[str]:
     """The training files in the order the listing had before it was rewritten: sorted
     class folders, sorted image names in each, joined by pathlib."""
@@ -154,30 +146,35 @@ def test_the_listing_keeps_the_order_so_splits_and_labels_do_not_change(
             Path(expected[i]).parent.name for i in kept]
 
 
+def listed_names(root: Path) -> list[str]:
+    """The file names of an ImageFolder's training and held-out images, as listed."""
+    train = build_dataset("ImageFolder", "train", root, np.asarray, val_fraction=0.2)
+    val = build_dataset("ImageFolder", "val", root, np.asarray, val_fraction=0.2)
+    return sorted(str(Path(f).relative_to(root / "train")) for f in [*train.files, *val.files])
+
+
 def test_a_train_folder_is_listed_once_until_it_changes(tmp_path):
     write_image_folder(tmp_path, ["cat", "dog"], per_class=3, splits=("train",))
     settle(tmp_path)
-    assert len(build_dataset("ImageFolder", "train", tmp_path, np.asarray,
-                             val_fraction=0.2)) == 5
-    # A file added with the folder's mtime put back, which no real change can do, is not
-    # seen: the first listing was kept. Touching the folder (as any real change does) is.
-    shutil.copy(tmp_path / "train" / "cat" / "0.png", tmp_path / "train" / "cat" / "3.png")
+    before = ["cat/0.png", "cat/1.png", "cat/2.png", "dog/0.png", "dog/1.png", "dog/2.png"]
+    assert listed_names(tmp_path) == before
+    # A file renamed with the folder's mtime put back, which no real change can do, is not
+    # seen: the first listing was kept (a rename keeps the folder's size on any file
+    # system). Touching the folder (as any real change does) is.
+    os.rename(tmp_path / "train" / "cat" / "2.png", tmp_path / "train" / "cat" / "3.png")
     settle(tmp_path)
-    assert len(build_dataset("ImageFolder", "train", tmp_path, np.asarray,
-                             val_fraction=0.2)) == 5
+    assert listed_names(tmp_path) == before
     os.utime(tmp_path / "train" / "cat")
-    assert len(build_dataset("ImageFolder", "train", tmp_path, np.asarray,
-                             val_fraction=0.2)) == 6
+    renamed = ["cat/0.png", "cat/1.png", "cat/3.png", *before[3:]]
+    assert listed_names(tmp_path) == renamed
     # A folder changed seconds ago is listed again at every call: a second change within
     # the same clock tick would leave its mtime as it was.
     shutil.copy(tmp_path / "train" / "cat" / "0.png", tmp_path / "train" / "cat" / "4.png")
     mtime = (tmp_path / "train" / "cat").stat().st_mtime_ns
-    assert len(build_dataset("ImageFolder", "train", tmp_path, np.asarray,
-                             val_fraction=0.2)) == 6  # 8 files, 2 held out
-    shutil.copy(tmp_path / "train" / "cat" / "0.png", tmp_path / "train" / "cat" / "5.png")
+    assert listed_names(tmp_path) == sorted([*renamed, "cat/4.png"])
+    os.rename(tmp_path / "train" / "cat" / "4.png", tmp_path / "train" / "cat" / "5.png")
     os.utime(tmp_path / "train" / "cat", ns=(mtime, mtime))
-    assert len(build_dataset("ImageFolder", "train", tmp_path, np.asarray,
-                             val_fraction=0.2)) == 7  # 9 files, 2 held out
+    assert listed_names(tmp_path) == sorted([*renamed, "cat/5.png"])
 
 
 @pytest.mark.parametrize("device", ["fifo", "/dev/zero"])
@@ -200,7 +197,7 @@ def test_a_fifo_or_a_link_to_a_device_is_not_an_image(tmp_path, device):
 
 @pytest.mark.parametrize("folder", [".", "/", "a", "a/./b//", "../a", "/tmp/x y"])
 def test_file_paths_are_joined_as_pathlib_joins_them(folder):
-    assert paths(Path(folder), ["0.png", "é.JPEG"]) == [
+    assert list(FileList.of(["0.png", "é.JPEG"], Path(folder))) == [
         str(Path(folder) / "0.png"), str(Path(folder) / "é.JPEG")]
 
 

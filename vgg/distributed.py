@@ -155,6 +155,12 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return reduced.to(tensor.device)
 
 
+def barrier() -> None:
+    """Wait until every process has come here (nothing to wait for when alone)."""
+    if is_distributed():
+        dist.barrier()
+
+
 def all_gather_object(obj) -> list:
     if not is_distributed():
         return [obj]

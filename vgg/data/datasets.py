@@ -33,7 +33,8 @@ class ArrayDataset(Dataset):
 
 
 class ImageFileDataset(Dataset):
-    """Labelled image files, decoded on access (never up front: ImageNet has 1.28M).
+    """Labelled image files, decoded on access (never up front: ImageNet has 1.28M), their
+    paths held as a FileList: arrays a forked loader worker shares, not Python strings.
 
     A file that cannot be decoded (truncated ones included) raises UnreadableImageError with
     on_corrupt="error". With "skip" the next readable image takes its place, so batches keep

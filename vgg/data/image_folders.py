@@ -21,10 +21,7 @@ training set needs at least two classes, each with images.
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,85 +30,9 @@ from vgg.data.decoding import IMAGE_EXTENSIONS
 from vgg.data.errors import DatasetError, DatasetNotFoundError
 from vgg.data.files import data_root_hint
 from vgg.data.imageset import ImageSet
+from vgg.data.listing import class_names, list_folder
 from vgg.data.registry import DatasetSpec, Reader
 from vgg.data.statistics import image_statistics
-
-
-def class_entries(folder: Path) -> list[os.DirEntry]:
-    """The class sub-folders of `folder`, unsorted; hidden ones (.ipynb_checkpoints) skipped."""
-    return [entry for entry in os.scandir(folder)
-            if entry.is_dir() and not entry.name.startswith(".")]
-
-
-def class_names(folder: Path) -> list[str]:
-    """The sorted names of the class sub-folders of `folder`, hidden ones skipped."""
-    return sorted(entry.name for entry in class_entries(folder))
-
-
-def image_files(folder: str | os.PathLike[str]) -> list[str]:
-    """The sorted names of the image files in `folder`: regular files (or links to them)
-    with an image extension. A FIFO or a link to a device (/dev/zero) would block or never
-    end the first read of it, so such entries are not images, whatever their name."""
-    return sorted(entry.name for entry in os.scandir(folder)
-                  if entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file())
-
-
-def paths(folder: Path, names: Sequence[str]) -> list[str]:
-    """``str(folder / name)`` for each of `names`, by string joins: a Path per file costs
-    microseconds, minutes over ImageNet's train/ at every start."""
-    prefix = str(folder / "_")[:-1]  # folder's normal form and a separator ("" for ".")
-    return [prefix + name for name in names]
-
-
-@dataclass(frozen=True)
-class Listing:
-    """The image files of a folder of class sub-folders, as names: the sorted class names
-    and, per class, its sorted image file names. ``state`` is the tree state it was taken
-    in (see ``tree_state``)."""
-
-    classes: tuple[str, ...]
-    files: tuple[list[str], ...]
-    state: tuple
-
-
-# One listing per folder and process: train.py reads train/ three times (the measured
-# statistics, the training split, the held-out validation split), and listing 1.28M
-# ImageNet files takes minutes. A cached index on disk would be keyed by the same state.
-_listings: dict[str, Listing] = {}
-
-# A folder modified within this many seconds of being listed may be modified again within
-# the same mtime tick (coarse clocks, FAT's 2 s) without its state changing, so it is
-# listed again next time rather than trusted (git's "racily clean" rule).
-SETTLED_SECONDS = 2.0
-
-
-def tree_state(folder: Path) -> tuple:
-    """What changes when a class folder or an image in one is added, removed or renamed:
-    the modification times (and inode numbers: a folder swapped for another) of `folder`
-    and of each class sub-folder, by class name in sorted order."""
-    def stamp(entry: os.DirEntry | Path) -> tuple[int, int]:
-        stat = entry.stat()
-        return stat.st_mtime_ns, stat.st_ino
-
-    return stamp(folder), tuple(sorted((e.name, stamp(e)) for e in class_entries(folder)))
-
-
-def list_class_folders(folder: Path) -> Listing:
-    """The listing of `folder`'s class sub-folders, taken once per process while the tree
-    is unchanged (``tree_state``) and settled (``SETTLED_SECONDS``)."""
-    started = time.time_ns()
-    state = tree_state(folder)
-    key = os.path.abspath(folder)
-    cached = _listings.get(key)
-    if cached is not None and cached.state == state:
-        return cached
-    folder_stamp, class_stamps = state
-    names = tuple(name for name, _ in class_stamps)  # class_names(folder)
-    listing = Listing(names, tuple(image_files(folder / name) for name in names), state)
-    newest = max([folder_stamp[0]] + [mtime for _, (mtime, _) in class_stamps])
-    if newest < started - SETTLED_SECONDS * 1e9:
-        _listings[key] = listing
-    return listing
 
 
 def class_folders(folder: Path, classes: Sequence[str] | None = None) -> ImageSet:
@@ -119,7 +40,7 @@ def class_folders(folder: Path, classes: Sequence[str] | None = None) -> ImageSe
     training set: its classes are the folders' sorted names, at least two, none empty. With
     `classes` (the training set's), images are labelled by folder name, and a folder whose
     name is not among them is an error."""
-    listing = list_class_folders(folder)
+    listing = list_folder(folder)
     names = list(listing.classes)
     if classes is not None and set(names) - set(classes):
         unknown = ", ".join(sorted(set(names) - set(classes)))
@@ -128,12 +49,10 @@ def class_folders(folder: Path, classes: Sequence[str] | None = None) -> ImageSe
                            "cannot predict a class it was not trained on; remove them, or "
                            "add them to train/ and train again")
     label_of_name = {name: label for label, name in enumerate(classes or names)}
-    files, labels, empty = [], [], []
-    for name, found in zip(names, listing.files, strict=True):
-        files += paths(folder / name, found)
-        labels += [label_of_name[name]] * len(found)
-        empty += [] if found else [name]
-    if not files:
+    labels = np.repeat(np.array([label_of_name[name] for name in names], np.int64),
+                       listing.counts)
+    empty = [name for name, count in zip(names, listing.counts, strict=True) if not count]
+    if not len(labels):
         raise DatasetNotFoundError(f"no images in class sub-folders of {folder} (expected "
                                    f"{folder}/<class>/<image>{{{','.join(IMAGE_EXTENSIONS)}}})")
     if classes is None and len(names) < 2:
@@ -144,7 +63,7 @@ def class_folders(folder: Path, classes: Sequence[str] | None = None) -> ImageSe
         raise DatasetError(f"class folder(s) {', '.join(empty)} in {folder} hold no images "
                            f"(of {', '.join(IMAGE_EXTENSIONS)}): a class needs training "
                            "images; fill or remove them")
-    return ImageSet(files, np.array(labels, dtype=np.int64), tuple(classes or names))
+    return ImageSet(listing.files.under(folder), labels, tuple(classes or names))
 
 
 VALIDATION_FOLDERS = ("val", "validation", "valid")  # the names the common tools write

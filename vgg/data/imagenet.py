@@ -13,8 +13,9 @@ import scipy.io
 
 from vgg.data.errors import DatasetError, DatasetNotFoundError
 from vgg.data.files import data_root_hint
-from vgg.data.image_folders import class_folders, class_names, image_files, paths
+from vgg.data.image_folders import class_folders
 from vgg.data.imageset import ImageSet
+from vgg.data.listing import class_names, list_folder
 
 DEVKIT = "ILSVRC2012_devkit_t12"
 
@@ -49,15 +50,14 @@ def _val_from_devkit(folder: Path) -> ImageSet:
     wnid_of_id = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets
                   if int(s["num_children"]) == 0}  # the 1000 leaves; the rest are ancestors
     ground_truth = _devkit_file(folder, "data/ILSVRC2012_validation_ground_truth.txt").split()
-    files = image_files(folder / "val")
+    files = list_folder(folder / "val", "flat").files
     if len(files) != len(ground_truth):
         raise DatasetError(f"{folder / 'val'} holds {len(files)} images but the devkit labels "
                            f"{len(ground_truth)}: the validation set is incomplete")
     classes = tuple(sorted(wnid_of_id.values()))
     label_of_wnid = {wnid: label for label, wnid in enumerate(classes)}
     labels = [label_of_wnid[wnid_of_id[int(i)]] for i in ground_truth]
-    return ImageSet(paths(folder / "val", files),
-                    np.array(labels, dtype=np.int64), classes)
+    return ImageSet(files.under(folder / "val"), np.array(labels, dtype=np.int64), classes)
 
 
 def read_imagenet(root: Path, part: str, download: bool) -> ImageSet | None:

@@ -9,24 +9,28 @@ from dataclasses import dataclass
 import numpy as np
 
 from vgg.data.errors import DatasetError
+from vgg.data.file_list import FileList
 
 
 @dataclass(frozen=True)
 class ImageSet:
     """Labelled images of one split: a uint8 array in memory, (N, H, W) or (N, H, W, 3), or
-    a list of image files decoded on access."""
+    image files decoded on access, given as any sequence of paths and held as a FileList."""
 
-    images: np.ndarray | list[str]
+    images: np.ndarray | FileList
     labels: np.ndarray  # int64, indices into classes
     classes: tuple[str, ...]
+
+    def __post_init__(self):
+        if not isinstance(self.images, np.ndarray | FileList):  # a reader's list of paths
+            object.__setattr__(self, "images", FileList.of(map(str, self.images)))
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices: np.ndarray) -> ImageSet:
-        images = (self.images[indices] if isinstance(self.images, np.ndarray)
-                  else [self.images[i] for i in indices])
-        return ImageSet(images, self.labels[indices], self.classes)
+        return ImageSet(self.images[indices] if isinstance(self.images, np.ndarray)
+                        else self.images.subset(indices), self.labels[indices], self.classes)
 
     def relabelled(self, classes: Sequence[str]) -> ImageSet:
         """The same images labelled by name as indices into ``classes`` (a trained network's
