@@ -1,6 +1,6 @@
 """vgg/export.py: every exported format reloaded the way its users load it (torch.load
-with weights_only, torchvision's own VGG, torch.export.load, onnxruntime) and compared with
-the original network on a fresh batch."""
+with weights_only, torchvision's own VGG, torch.export.load, onnxruntime, safetensors) and
+compared with the original network on a fresh batch."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import predict
 from vgg.checkpoint import save_checkpoint
 from vgg.export import ExportError, check_outputs, export, weights_file
 from vgg.model import build_vgg
-from vgg.pretrained import read_weights
+from vgg.pretrained import model_from_weights, read_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"version": "A", "num_classes": 3, "in_channels": 3, "image_size": 32,
@@ -54,7 +54,7 @@ def trained_checkpoint(run: Path, model_args: dict, steps: int = 1) -> torch.nn.
 def test_each_format_reloads_with_the_same_outputs(tmp_path):
     run = tmp_path / "run"
     model = trained_checkpoint(run, SMALL)
-    written = dict(((path.name if path else "onnx"), note) for path, note in export(str(run)))
+    skipped = [note for path, note in export(str(run)) if path is None]
     out = run / "export"
     x = torch.randn(5, 3, 32, 32)  # another batch size than the export's example
     with torch.no_grad():
@@ -76,7 +76,7 @@ def test_each_format_reloads_with_the_same_outputs(tmp_path):
         torch.testing.assert_close(torch.from_numpy(session.run(None, {"images": x.numpy()})[0]),
                                    expected, rtol=1e-4, atol=1e-4)
     else:
-        assert "skipped: pip install" in written["onnx"]
+        assert any(note.startswith("best.onnx skipped: pip install") for note in skipped)
 
 
 def test_torchvision_vgg11_loads_the_exported_weights_strictly(tmp_path):
@@ -86,7 +86,7 @@ def test_torchvision_vgg11_loads_the_exported_weights_strictly(tmp_path):
     model = build_vgg(**args).eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        data, note = weights_file(model, args, x, model(x), None)
+        data, note = weights_file(model, args, x, model(x), {})
     assert note == "loads into torchvision.models.vgg11(num_classes=3)"
     (tmp_path / "w.pth").write_bytes(data)
     reference = torchvision.models.vgg11(num_classes=3).eval()
@@ -173,3 +173,134 @@ def test_a_state_dict_without_a_record_is_refused_by_predict(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "records neither its preprocessing" in err and "Traceback" not in err
     assert read_weights(path).preprocessing is None
+
+
+def exported_metadata(model_args: dict) -> dict:
+    """What every format of an export of SMALL's checkpoint carries, written out here."""
+    return {"toolkit": "vgg-reproduced", "model_args": model_args, "vgg_preprocessing": RECORD}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One export of SMALL's trained checkpoint, shared by the read-back tests below."""
+    run = tmp_path_factory.mktemp("exported") / "run"
+    model = trained_checkpoint(run, SMALL)
+    export(str(run))
+    return run, model
+
+
+def test_safetensors_read_back_with_safetensors_own_api(exported):
+    """Issue 22, item 4: the Hub folder's model.safetensors holds the state dict and, as JSON
+    strings in its header, the metadata (class names, mean/std, S, ...); config.json the same."""
+    safetensors = pytest.importorskip("safetensors")
+    from safetensors.torch import load_file
+
+    run, model = exported
+    folder = run / "export" / "best_hub"
+    tensors = load_file(folder / "model.safetensors")
+    state = model.state_dict()
+    assert tensors.keys() == state.keys()
+    assert all(torch.equal(tensors[key], state[key]) for key in state)
+    with safetensors.safe_open(folder / "model.safetensors", "pt") as f:
+        header = {key: json.loads(value) for key, value in f.metadata().items()}
+    config = json.loads((folder / "config.json").read_text())
+    for metadata in (header, config):
+        assert metadata.pop("input").startswith("float32 NCHW; RGB")
+        assert metadata == exported_metadata(SMALL)
+
+
+def test_the_hub_folder_loads_back_by_path_with_the_same_logits(exported, tmp_path):
+    pytest.importorskip("safetensors")
+    run, model = exported
+    folder = run / "export" / "best_hub"
+    x = torch.randn(3, 3, 32, 32)
+    for source in (folder, folder / "model.safetensors"):  # the folder, the file alone
+        weights = read_weights(source)
+        assert weights.preprocessing == RECORD and weights.source == str(source)
+        with torch.no_grad():
+            assert torch.equal(model_from_weights(weights).eval()(x), model(x))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.png"), np.random.default_rng(1).integers(
+        0, 256, (45, 60, 3), dtype=np.uint8))
+    outputs = []
+    for checkpoint in (run / "best.pt", folder):
+        out = tmp_path / f"{checkpoint.name}.json"
+        assert predict.main([str(photos), "--checkpoint", str(checkpoint), "--out", str(out),
+                             "--progress", "false", "--top_k", "3"]) == 0
+        outputs.append(json.loads(out.read_text()))
+    assert outputs[0]["predictions"] == outputs[1]["predictions"]
+    assert outputs[1]["scale"] == 40
+
+
+def damaged_copy(folder: Path, tmp_path: Path, damage: str) -> Path:
+    copy = tmp_path / "hub"
+    copy.mkdir()
+    (copy / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    if damage == "another version":
+        config["model_args"]["version"] = "B"  # A's tensors, B's name
+    elif damage == "another image size":
+        config["model_args"]["image_size"] = 64
+    elif damage == "not JSON":
+        (copy / "config.json").write_text("{'model_args': ")
+        return copy
+    if damage != "no config.json":
+        (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no config.json", "it has no config.json"),
+    ("another version", "model_args do not match its tensors: version 'B' (the tensors': 'A')"),
+    ("another image size", "image_size 64 (the tensors': 32)"),
+    ("not JSON", "config.json is not JSON"),
+])
+def test_a_damaged_hub_folder_is_a_clear_error(exported, tmp_path, capsys, damage, message):
+    pytest.importorskip("safetensors")
+    run, _ = exported
+    folder = damaged_copy(run / "export" / "best_hub", tmp_path, damage)
+    (tmp_path / "a.png").write_bytes(cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))[1])
+    assert predict.main([str(tmp_path / "a.png"), "--checkpoint", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_without_safetensors_the_other_formats_export(tmp_path, monkeypatch, capsys):
+    """The GPU machines' stack has no safetensors: the Hub folder is skipped with a note,
+    and reading one says what to install."""
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # as if not installed
+    run = tmp_path / "run"
+    trained_checkpoint(run, SMALL)
+    written = export(str(run))
+    assert (run / "export" / "best.pt2").is_file() and not (run / "export" / "best_hub").exists()
+    assert any(path is None and note.startswith("best_hub skipped: pip install safetensors")
+               for path, note in written)
+    (run / "hub").mkdir()
+    (run / "hub" / "config.json").write_text("{}")
+    (run / "hub" / "model.safetensors").write_bytes(b"")
+    (tmp_path / "a.png").write_bytes(cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))[1])
+    assert predict.main([str(tmp_path / "a.png"), "--checkpoint", str(run / "hub")]) == 2
+    assert "needs the safetensors package: pip install safetensors" in capsys.readouterr().err
+
+
+def test_onnx_carries_the_metadata_and_the_dense_form_takes_any_size(exported):
+    """Both ONNX models hold the metadata in metadata_props; the dense one takes any batch
+    and any side >= 32 and gives the eager dense network's class-score map."""
+    run, model = exported
+    out = run / "export"
+    if not (out / "best_dense.onnx").exists():
+        pytest.skip("onnx/onnxscript not installed: ONNX export skipped")
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    for name in ("best.onnx", "best_dense.onnx"):
+        props = {p.key: json.loads(p.value) for p in onnx.load(out / name).metadata_props}
+        assert props.pop("input").startswith("float32 NCHW; RGB")
+        assert props == exported_metadata(SMALL)
+    session = onnxruntime.InferenceSession(str(out / "best_dense.onnx"))
+    dense = model.to_dense().eval()
+    for shape in [(1, 3, 32, 32), (3, 3, 45, 100), (2, 3, 64, 33)]:
+        x = torch.randn(*shape)
+        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+        with torch.no_grad():
+            torch.testing.assert_close(got, dense(x), rtol=1e-4, atol=1e-4)

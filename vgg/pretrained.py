@@ -7,12 +7,16 @@ Where weights come from (:func:`read_weights`), train.py's ``--init_from`` for f
 - a checkpoint of this toolkit, or a run directory (its ``best.pt``);
 - a torchvision VGG state dict file (``vgg16-397923af.pth``, ``vgg11_bn-8a719046.pth``, any
   bare state dict with torchvision's keys, such as ``python -m vgg.export`` writes);
+- a Hub-style folder (``config.json`` with ``model_args`` and the preprocessing record, beside
+  ``model.safetensors``) or a ``.safetensors`` file with that metadata, as ``python -m
+  vgg.export`` writes them (reading them needs the ``safetensors`` package);
 - a torchvision weights name (``VGG16_Weights.IMAGENET1K_V1``, any VGG weights enum), loaded
   through torchvision's own download-and-cache, ``torch.hub.get_dir()/checkpoints/``. Once
   the file is there (downloaded, or copied in by hand on an offline machine) it loads offline.
   (``--init_from NAME`` still takes a name too, as before ``--weights`` existed.)
 
-Everything is read with ``torch.load(weights_only=True)``.
+Everything is read with ``torch.load(weights_only=True)``, safetensors or ``json``: no file
+runs code.
 
 What a network for another task takes from them (:func:`load_pretrained`): every layer
 whose shape fits. The conv layers always fit (the architecture must be the same: config
@@ -35,6 +39,7 @@ sparing the pretrained layers: frozen, or a lower learning rate.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import re
@@ -48,13 +53,14 @@ from torch import nn
 
 from vgg.checkpoint import (
     CheckpointError,
+    check_checkpoint,
     load_checkpoint,
     load_model_state,
     preprocessing_problem,
     run_checkpoint,
 )
 from vgg.configuration import ConfigError
-from vgg.errors import UserError
+from vgg.errors import UserError, short_repr
 from vgg.model import DOWNSAMPLING, TORCHVISION_NAMES, VERSIONS, VGG, build_vgg
 from vgg.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -66,6 +72,9 @@ WEIGHTS_NAME = re.compile(r"\w+_Weights\.\w+")
 TORCHVISION_TRAIN_SCALE = (256, 256)
 # Where an exported state dict carries its preprocessing record: a key of its ``_metadata``.
 PREPROCESSING_KEY = "vgg_preprocessing"
+# A Hub-style folder (Hugging Face's layout): the network's description beside its tensors.
+HUB_CONFIG, HUB_WEIGHTS = "config.json", "model.safetensors"
+SAFETENSORS_SUFFIX = ".safetensors"
 
 
 @dataclass
@@ -113,10 +122,15 @@ def unknown_weights_name(name: str) -> str:
 
 def read_weights(source: str | os.PathLike) -> PretrainedWeights:
     """The weights that ``source`` names: a run directory, a checkpoint or torchvision state
-    dict file, or a torchvision weights name (see the module docstring)."""
+    dict file, a Hub-style folder or safetensors file, or a torchvision weights name (see the
+    module docstring)."""
     path = Path(source)
+    if path.is_dir() and ((path / HUB_CONFIG).exists() or (path / HUB_WEIGHTS).exists()):
+        return hub_folder_weights(path)
     if path.is_dir():
         path = run_checkpoint(path)
+    if path.is_file() and path.suffix == SAFETENSORS_SUFFIX:
+        return safetensors_weights(path)
     if path.is_file():
         return weights_from_file(path)
     if WEIGHTS_NAME.fullmatch(str(source)):
@@ -138,6 +152,73 @@ def weights_from_file(path: Path) -> PretrainedWeights:
                                  recorded_preprocessing(loaded, model_args, str(path)))
     raise CheckpointError(f"{path} is neither a checkpoint of this toolkit (no 'model' and "
                           "'model_args') nor a state dict of tensors")
+
+
+def hub_folder_weights(path: Path) -> PretrainedWeights:
+    """A Hub-style folder's weights: ``model.safetensors`` as its ``config.json`` describes
+    them."""
+    for needed in (HUB_CONFIG, HUB_WEIGHTS):
+        if not (path / needed).is_file():
+            raise CheckpointError(
+                f"{path} is not a Hub-style folder of this toolkit: it has no {needed} (python "
+                f"-m vgg.export writes {HUB_CONFIG} beside {HUB_WEIGHTS}); export the run "
+                "again, or give a checkpoint or run directory")
+    try:
+        config = json.loads((path / HUB_CONFIG).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path / HUB_CONFIG} is not JSON ({error}): the folder was "
+                              "damaged or written by something else; export it again") from None
+    return described_weights(config, read_safetensors(path / HUB_WEIGHTS)[0], str(path))
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors and its str -> str metadata."""
+    # Optional: only these files need it (the GPU machines' stack lacks it).
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise CheckpointError(f"reading {path} needs the safetensors package: pip install "
+                              "safetensors (README, Install)") from None
+    try:
+        with safe_open(path, "pt") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}, f.metadata() or {}
+    except Exception as error:  # safetensors' SafetensorError for a truncated or foreign file
+        raise CheckpointError(f"{path} is not a readable safetensors file: truncated, corrupt "
+                              f"or of another format ({type(error).__name__}: {error})") from None
+
+
+def safetensors_weights(path: Path) -> PretrainedWeights:
+    """A safetensors file described by its own metadata (each value JSON, as ``python -m
+    vgg.export`` writes it)."""
+    state, strings = read_safetensors(path)
+    try:
+        metadata = {key: json.loads(value) for key, value in strings.items()}
+    except ValueError as error:
+        raise CheckpointError(f"{path}'s metadata is not the JSON that python -m vgg.export "
+                              f"writes ({error})") from None
+    return described_weights(metadata, state, str(path))
+
+
+def described_weights(config: Any, state: dict[str, torch.Tensor], source: str
+                      ) -> PretrainedWeights:
+    """Tensors with the metadata that ``python -m vgg.export`` writes beside them (a Hub
+    folder's ``config.json``, a safetensors file's metadata): its ``model_args`` must be the
+    network that the tensors' shapes give, and it is checked as a checkpoint is."""
+    args = config.get("model_args") if isinstance(config, dict) else None
+    if not isinstance(args, dict):
+        raise CheckpointError(f"{source} does not describe its network: its metadata has no "
+                              "'model_args' (python -m vgg.export writes them); export it again")
+    shapes = model_args_of_state(state, source)
+    differ = [f"{key} {short_repr(args[key])} (the tensors': {value!r})"
+              for key, value in shapes.items() if key in args and args[key] != value]
+    if differ:
+        raise CheckpointError(f"{source}'s model_args do not match its tensors: "
+                              f"{'; '.join(differ)}. The metadata belongs to another network; "
+                              "export the run again")
+    preprocessing = config.get(PREPROCESSING_KEY)
+    check_checkpoint({"model": state, "model_args": args, "preprocessing": preprocessing},
+                     source)
+    return PretrainedWeights(state, source, shapes | args, preprocessing)
 
 
 def recorded_preprocessing(state: dict[str, torch.Tensor], model_args: dict[str, Any],
@@ -307,9 +388,11 @@ def wrong_architecture(source: str, source_args: dict[str, Any],
 
 
 def conv_width(state: dict[str, torch.Tensor]) -> float:
-    """The --width of a VGG state dict: its last conv's channels over Table 1's 512."""
-    convs = [v for k, v in state.items() if k.startswith("features.") and v.ndim == 4]
-    return convs[-1].shape[0] / 512
+    """The --width of a VGG state dict: its last conv's channels over Table 1's 512. Last
+    by layer index, not by key order: safetensors files keep their keys sorted as text."""
+    convs = {int(k.split(".")[1]): v for k, v in state.items()
+             if k.startswith("features.") and v.ndim == 4}
+    return convs[max(convs)].shape[0] / 512
 
 
 def model_from_weights(weights: PretrainedWeights) -> VGG:
