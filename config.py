@@ -71,7 +71,7 @@ class Config:
     init_std: float = 1e-2  # std of the normal init ("paper", and from_A's random layers)
     init_from_A: str | None = None  # trained config-A checkpoint, for init=from_A
     from_A_fixed_lr: bool = False  # copied layers keep the initial lr through every drop
-    init_from: str | None = None  # weights to start from: a run dir, checkpoint or .pth file
+    init_from: str | None = None  # weights to start from: a run dir, checkpoint, .pth or Hub folder
     weights: str | None = None  # torchvision weights by name, e.g. VGG16_Weights.IMAGENET1K_V1
     freeze: str = choice("none", FREEZE_CHOICES)  # fine-tuning: pretrained layers held still
     pretrained_lr_multiplier: float = 1.0  # fine-tuning: pretrained layers train at lr x this

@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image files, and folders searched recursively for images")
     parser.add_argument("--checkpoint", metavar="RUN_OR_FILE",
                         help="a run directory (its best.pt), a checkpoint, a torchvision VGG "
-                             "state dict file or weights name (default: the newest "
-                             "runs/<run>/best.pt)")
+                             "state dict file or weights name, an exported Hub-style folder "
+                             "or .safetensors file (default: the newest runs/<run>/best.pt)")
     parser.add_argument("--top_k", type=int, default=5, help="classes listed per image")
     parser.add_argument("--protocol", default="center", choices=PROTOCOLS,
                         help="centre crop, or the whole image densely (Sec. 3.2)")
