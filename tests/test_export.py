@@ -20,7 +20,7 @@ import predict
 from vgg.checkpoint import save_checkpoint
 from vgg.export import ExportError, check_outputs, export, weights_file
 from vgg.model import build_vgg
-from vgg.pretrained import model_from_weights, read_weights
+from vgg.pretrained import load_pretrained, model_from_weights, read_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"version": "A", "num_classes": 3, "in_channels": 3, "image_size": 32,
@@ -219,6 +219,10 @@ def test_the_hub_folder_loads_back_by_path_with_the_same_logits(exported, tmp_pa
         assert weights.preprocessing == RECORD and weights.source == str(source)
         with torch.no_grad():
             assert torch.equal(model_from_weights(weights).eval()(x), model(x))
+    # What --init_from FOLDER does (train.py): every layer but the 5-class scores taken.
+    report = load_pretrained(build_vgg(**{**SMALL, "num_classes": 5}), read_weights(folder))
+    assert report.new == {"classifier.6": "5 classes here, 3 in the weights"}
+    assert report.normalization == (RECORD["mean"], RECORD["std"])
     photos = tmp_path / "photos"
     photos.mkdir()
     cv2.imwrite(str(photos / "a.png"), np.random.default_rng(1).integers(
