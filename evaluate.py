@@ -252,7 +252,8 @@ def check_device(name: str) -> None:
 
 
 def evaluate_networks(argv: list[str] | None) -> int:
-    cfg, args = configuration.parse_args(EvalConfig, argv, description=__doc__.split("\n")[0])
+    cfg, args = configuration.parse_args(EvalConfig, argv, description=__doc__,
+                                         prog="evaluate.py")
     if getattr(args, "print_config", False):
         print(configuration.to_yaml(cfg), end="")
         return 0

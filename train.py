@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 def resume_target(argv: list[str] | None) -> str | None:
     """--resume from a flag or else from the --config file, read ahead of the full parse:
     that one's checks need the resumed run's saved config as their base."""
-    args, _ = configuration.build_parser(Config).parse_known_args(argv)
+    args, _ = configuration.build_parser(Config, __doc__, "train.py").parse_known_args(argv)
     if hasattr(args, "resume"):
         return configuration.coerce("resume", args.resume, str | None, from_text=True)
     if getattr(args, "config", None):
@@ -97,7 +97,7 @@ def resume_target(argv: list[str] | None) -> str | None:
 def newest_run_checkpoint(argv: list[str] | None) -> str | None:
     """``--resume auto``: the run directory --out_dir/--run_name when it holds a checkpoint
     (a requeued cluster job continues its run), else None: the run starts there."""
-    cfg, _ = configuration.parse_args(Config, argv)
+    cfg, _ = configuration.parse_args(Config, argv, description=__doc__, prog="train.py")
     if cfg.run_name is None:
         raise ConfigError("--resume auto continues the run directory --out_dir/--run_name if "
                           "it holds a checkpoint, else starts it: give --run_name (and "
@@ -122,7 +122,8 @@ def parse_config(argv: list[str] | None) -> tuple[Config, Resume | None, bool]:
                                   "config/model_args); use --init_from for its weights")
         saved = saved_run_config(resume)  # checked alone first: its errors name the file
     cfg, args = configuration.parse_args(Config, argv,
-                                         base=resume.checkpoint["config"] if resume else None)
+                                         base=resume.checkpoint["config"] if resume else None,
+                                         description=__doc__, prog="train.py")
     if resume is not None:
         cfg = resumed_config(cfg, resume, saved)
     return cfg, resume, getattr(args, "print_config", False)
