@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 import inspect
 import re
+import textwrap
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -266,12 +267,27 @@ def to_yaml(config: Any) -> str:
 
 def field_comments(cls: type) -> dict[str, str]:
     """The trailing ``# comment`` of each field's line in the class source."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
     pattern = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.*)$")
-    return {m[1]: m[2].strip() for line in source.splitlines() if (m := pattern.match(line))}
+    return {m[1]: m[2].strip() for line in _source_lines(cls) if (m := pattern.match(line))}
+
+
+def field_sections(cls: type) -> dict[str, str]:
+    """The section of each field: the last ``# --- data ---`` line above it in the class
+    source ("options" before the first)."""
+    sections, section = {}, "options"
+    for line in _source_lines(cls):
+        if heading := re.match(r"^\s+# --- (.+) ---\s*$", line):
+            section = heading[1]
+        elif field := re.match(r"^\s+(\w+)\s*:", line):
+            sections[field[1]] = section
+    return sections
+
+
+def _source_lines(cls: type) -> list[str]:
+    try:
+        return inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return []
 
 
 class _Boolean(argparse.Action):
@@ -306,30 +322,95 @@ def _spellings(name: str) -> list[str]:
     return [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Each option once, by its first spelling and its metavar (the dash alias and
+    ``--no-`` spelling are said once, in the epilog); the description keeps its layout."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if action.nargs == 0:  # -h, --help; --print_config
+            return ", ".join(s for s in action.option_strings if "-" not in s[2:])
+        if isinstance(action, _Boolean):
+            return f"{action.option_strings[0]} [true|false]"
+        return f"{action.option_strings[0]} {action.metavar}"
+
+
+def _metavar(f: dataclasses.Field, tp: Any) -> str:
+    """How a field's value is written: the field's ``metavar`` metadata (``SMIN,SMAX``), its
+    choices, or its type (``N``, ``X``, ``X,X`` for a pair, ``N [N ...]`` for a list)."""
+    if "metavar" in f.metadata:
+        return f.metadata["metavar"]
+    choices = f.metadata.get("choices")
+    if choices is not None:
+        return "NAME" if callable(choices) else (
+            "{" + ",".join(str(c) for c in choices if c is not None) + "}")
+
+    def scalar(item: Any) -> str:
+        return {int: "N", float: "X"}.get(item, f.name.upper())
+
+    items = _sequence_args(tp)
+    if items is None:
+        return scalar(next((a for a in typing.get_args(tp) if a is not type(None)), tp))
+    if list not in (typing.get_origin(a) for a in (tp, *typing.get_args(tp))) and \
+            Ellipsis not in items:  # a tuple of fixed length
+        return ",".join(map(scalar, items))
+    return f"{scalar(items[0])} [{scalar(items[0])} ...]"
+
+
+def _shown(value: Any) -> str:
+    """A default as it would be typed on the command line."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(_shown, value))
+    return str(value)
+
+
+def help_text(doc: str) -> str:
+    """What ``--help`` says first: a module docstring's opening paragraph and the indented
+    examples that follow it (the rest of the docstring is for readers of the code)."""
+    paragraphs = doc.strip().split("\n\n")
+    examples = [p for p in paragraphs[1:2] if p.startswith(" ")]
+    return "\n\n".join([paragraphs[0], *examples])
+
+
+SPELLING = textwrap.fill(
+    "Flags take underscores or dashes (--batch_size = --batch-size). A boolean flag alone "
+    "means true, --no-FLAG false. Lists are space- or comma-separated; none sets an optional "
+    "value to None. --config FILE.yaml sets any option; flags given with it override the "
+    "file.", width=79)
+
+
 def build_parser(cls: type, description: str = "", prog: str | None = None
                  ) -> argparse.ArgumentParser:
     """``--config``, ``--print_config`` and one ``--<field>`` per dataclass field (dash
-    spellings too: ``--batch-size``); a field's help is its one-line comment in the source."""
-    parser = _Parser(
-        prog=prog, description=description, allow_abbrev=False, argument_default=argparse.SUPPRESS,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", help="YAML file of key: value overrides")
+    spellings too: ``--batch-size``), in groups by the class's ``# --- section ---``
+    comments; a field's help is its one-line comment in the source. ``description`` is
+    the tool's module docstring (its summary and examples open ``--help``)."""
+    parser = _Parser(prog=prog, description=help_text(description), epilog=SPELLING,
+                     usage="%(prog)s [--config FILE.yaml] [--OPTION VALUE ...]",
+                     allow_abbrev=False, argument_default=argparse.SUPPRESS,
+                     formatter_class=_Help)
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of key: value "
+                        "options (a run's config.yaml, a preset in configs/)")
     parser.add_argument(*_spellings("print_config"), action="store_true",
                         help="print the resolved configuration as YAML and exit")
     hints = _hints(cls)
     defaults = cls()
     comments = field_comments(cls)
+    sections = field_sections(cls)
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(cls):
-        choices = f.metadata.get("choices")
-        shown = ("" if choices is None or callable(choices)
-                 else f" {{{','.join(c for c in choices if c is not None)}}}")
+        section = sections.get(f.name, "options")
+        if section not in groups:
+            groups[section] = parser.add_argument_group(section)
         tp = hints[f.name]
         flag = ({"action": _Boolean} if tp is bool or tp == bool | None else
                 {"nargs": "+" if _sequence_args(tp) is not None else None})
-        parser.add_argument(*_spellings(f.name), dest=f.name,
-                            metavar=_type_name(tp).upper(), **flag,
-                            help=f"{comments.get(f.name, '')}{shown} "
-                                 f"(default: {getattr(defaults, f.name)!r})")
+        groups[section].add_argument(
+            *_spellings(f.name), dest=f.name, metavar=_metavar(f, tp), **flag,
+            help=f"{comments.get(f.name, '')} (default: {_shown(getattr(defaults, f.name))})")
     return parser
 
 
