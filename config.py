@@ -276,7 +276,7 @@ class EvalConfig:
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
     precision: str = choice("fp32", PRECISIONS)  # fp32, as the paper's numbers were
     out: str | None = None  # results JSON; None = eval_<...>.json beside the checkpoint
-    progress: bool = True  # tqdm progress bar
+    progress: bool = True  # tqdm bar on a terminal; else (or false) a line per 10% done
 
     def validate(self) -> None:
         """Checks of single values and between fields (types and choices are checked

@@ -51,6 +51,7 @@ from vgg.health import HealthMonitor, Stalled, early_advice, remedies
 from vgg.model import build_vgg
 from vgg.optim import LRSchedule, build_optimizer
 from vgg.pretrained import PretrainedWeights, TransferReport, freeze, load_pretrained, read_weights
+from vgg.progress import Progress
 from vgg.rng import seed_everything
 from vgg.run_dir import NonFiniteWeights, RunDirectory, checkpoint_path
 from vgg.run_log import RunLog
@@ -350,8 +351,11 @@ def end_of_epoch(model: torch.nn.Module, resumable: Resumable, state: TrainState
                  ) -> bool:
     """Validate, log the epoch's row, step the schedule, save; False when a signal came
     during validation (the epoch's training is then saved, its validation skipped)."""
-    val = validate(model, data.val_loader, settings.device, stop=stop,
-                   autocast_dtype=settings.autocast_dtype, channels_last=settings.channels_last)
+    with Progress(len(data.val_loader.sampler), f"validation, epoch {state.epoch + 1}",
+                  show=run_log.main, bar=run_log.bar, leave=False) as progress:
+        val = validate(model, data.val_loader, settings.device, stop=stop, progress=progress,
+                       autocast_dtype=settings.autocast_dtype,
+                       channels_last=settings.channels_last)
     if val is None:
         run_dir.save_last(resumable.checkpoint(state))
         return False
