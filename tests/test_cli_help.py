@@ -16,8 +16,8 @@ from config import Config, EvalConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def help_of(tool: str) -> str:
-    run = subprocess.run([sys.executable, tool, "--help"], cwd=ROOT, capture_output=True,
+def help_of(*tool: str) -> str:
+    run = subprocess.run([sys.executable, *tool, "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
     assert run.returncode == 0 and not run.stderr, run.stderr
     return run.stdout
@@ -94,3 +94,12 @@ def test_metavars_are_readable(tool, expected):
     # Never a Python type spelled out: TUPLE[INT, INT] | NONE, LIST[STR], BOOL | NONE.
     assert not re.search(r"TUPLE|LIST\[|\| NONE|BOOL", text)
     assert "(default: none)" in text and "(default: None)" not in text
+
+
+def test_a_config_without_sections_lists_its_options_under_one_heading():
+    from vgg.summary import SummaryConfig
+
+    found = sections(help_of("-m", "vgg.summary"))
+    assert list(found) == ["options"]
+    assert found["options"] == ["--help", "--config", "--print_config",
+                                *(f"--{f.name}" for f in dataclasses.fields(SummaryConfig))]

@@ -400,7 +400,7 @@ def build_parser(cls: type, description: str = "", prog: str | None = None
     defaults = cls()
     comments = field_comments(cls)
     sections = field_sections(cls)
-    groups: dict[str, argparse._ArgumentGroup] = {}
+    groups: dict[str, Any] = {"options": parser}  # fields before any section: with --config
     for f in dataclasses.fields(cls):
         section = sections.get(f.name, "options")
         if section not in groups:
@@ -410,7 +410,9 @@ def build_parser(cls: type, description: str = "", prog: str | None = None
                 {"nargs": "+" if _sequence_args(tp) is not None else None})
         groups[section].add_argument(
             *_spellings(f.name), dest=f.name, metavar=_metavar(f, tp), **flag,
-            help=f"{comments.get(f.name, '')} (default: {_shown(getattr(defaults, f.name))})")
+            # argparse %-formats help: a comment's "10%" must reach it as "10%%"
+            help=f"{comments.get(f.name, '')} (default: {_shown(getattr(defaults, f.name))})"
+            .replace("%", "%%"))
     return parser
 
 
