@@ -59,6 +59,7 @@ from vgg.evaluation import (
 from vgg.metrics import reported_topk
 from vgg.networks import Network, check_ensemble, network_from_checkpoint, network_from_torchvision
 from vgg.plot import most_confused_pairs, plot_confusion
+from vgg.progress import Progress, plain_progress
 from vgg.report import (
     accuracy_lines,
     check_outputs,
@@ -206,8 +207,9 @@ def score(cfg: EvalConfig, networks: list[Network], dataset, scales: list[int], 
         pin_memory=device.type == "cuda", persistent_workers=False)
     start = time.perf_counter()
     tally = Tally(networks[0].num_classes, reported_topk(networks[0].num_classes))
-    run_protocol(evaluator, loader, tally, progress=distributed.is_main() and cfg.progress,
-                 total=len(sampler) if sampler is not None else len(dataset))
+    with Progress(len(sampler) if sampler is not None else len(dataset), "evaluating",
+                  show=distributed.is_main(), bar=not plain_progress(cfg.progress)) as progress:
+        run_protocol(evaluator, loader, tally, progress=progress)
     tally.all_reduce(distributed.all_reduce_sum)
     return tally, evaluator, time.perf_counter() - start
 
@@ -252,7 +254,8 @@ def check_device(name: str) -> None:
 
 
 def evaluate_networks(argv: list[str] | None) -> int:
-    cfg, args = configuration.parse_args(EvalConfig, argv, description=__doc__.split("\n")[0])
+    cfg, args = configuration.parse_args(EvalConfig, argv, description=__doc__,
+                                         prog="evaluate.py")
     if getattr(args, "print_config", False):
         print(configuration.to_yaml(cfg), end="")
         return 0

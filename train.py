@@ -52,6 +52,7 @@ from vgg.health import HealthMonitor, Stalled, early_advice, remedies
 from vgg.model import build_vgg
 from vgg.optim import LRSchedule, build_optimizer
 from vgg.pretrained import PretrainedWeights, TransferReport, freeze, load_pretrained, read_weights
+from vgg.progress import Progress
 from vgg.rng import seed_everything
 from vgg.run_dir import NonFiniteWeights, RunDirectory, checkpoint_path
 from vgg.run_log import RunLog
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 def resume_target(argv: list[str] | None) -> str | None:
     """--resume from a flag or else from the --config file, read ahead of the full parse:
     that one's checks need the resumed run's saved config as their base."""
-    args, _ = configuration.build_parser(Config).parse_known_args(argv)
+    args, _ = configuration.build_parser(Config, __doc__, "train.py").parse_known_args(argv)
     if hasattr(args, "resume"):
         return configuration.coerce("resume", args.resume, str | None, from_text=True)
     if getattr(args, "config", None):
@@ -98,7 +99,7 @@ def resume_target(argv: list[str] | None) -> str | None:
 def newest_run_checkpoint(argv: list[str] | None) -> str | None:
     """``--resume auto``: the run directory --out_dir/--run_name when it holds a checkpoint
     (a requeued cluster job continues its run), else None: the run starts there."""
-    cfg, _ = configuration.parse_args(Config, argv)
+    cfg, _ = configuration.parse_args(Config, argv, description=__doc__, prog="train.py")
     if cfg.run_name is None:
         raise ConfigError("--resume auto continues the run directory --out_dir/--run_name if "
                           "it holds a checkpoint, else starts it: give --run_name (and "
@@ -123,7 +124,8 @@ def parse_config(argv: list[str] | None) -> tuple[Config, Resume | None, bool]:
                                   "config/model_args); use --init_from for its weights")
         saved = saved_run_config(resume)  # checked alone first: its errors name the file
     cfg, args = configuration.parse_args(Config, argv,
-                                         base=resume.checkpoint["config"] if resume else None)
+                                         base=resume.checkpoint["config"] if resume else None,
+                                         description=__doc__, prog="train.py")
     if resume is not None:
         cfg = resumed_config(cfg, resume, saved)
     return cfg, resume, getattr(args, "print_config", False)
@@ -350,8 +352,11 @@ def end_of_epoch(model: torch.nn.Module, resumable: Resumable, state: TrainState
                  ) -> bool:
     """Validate, log the epoch's row, step the schedule, save; False when a signal came
     during validation (the epoch's training is then saved, its validation skipped)."""
-    val = validate(model, data.val_loader, settings.device, stop=stop,
-                   autocast_dtype=settings.autocast_dtype, channels_last=settings.channels_last)
+    with Progress(len(data.val_loader.sampler), f"validation, epoch {state.epoch + 1}",
+                  show=run_log.main, bar=run_log.bar, leave=False) as progress:
+        val = validate(model, data.val_loader, settings.device, stop=stop, progress=progress,
+                       autocast_dtype=settings.autocast_dtype,
+                       channels_last=settings.channels_last)
     if val is None:
         run_dir.save_last(resumable.checkpoint(state))
         return False

@@ -530,6 +530,11 @@ def test_without_a_terminal_each_log_interval_prints_one_plain_line(tmp_path):
         assert int(m[2]) == round(row["images_per_s"])
         assert row["images_per_s"] >= 96 / row["epoch_time"]  # 96 images, trained in less
     assert len(epochs) == 2 and tuple(map(int, epochs[-1].groups()[2:5])) == (0, 0, 0)
+    # Validation (issue 22 item 8): no silent pause, a line as each tenth of its 32 images
+    # is done, in batches of 8.
+    validation = re.findall(r"^validation, epoch (\d+): (\d+)/32 img \(\d+%\) \| \d+ img/s$",
+                            run.stdout, re.MULTILINE)
+    assert validation == [(e, n) for e in "12" for n in ("8", "16", "24", "32")]
 
 
 def test_on_a_terminal_the_bar_shows_images_per_second_at_every_refresh(tmp_path):

@@ -19,6 +19,7 @@ from typing import Any
 from vgg.atomic import replace_atomically
 from vgg.errors import UserError, short_repr
 from vgg.metrics import reported_topk
+from vgg.progress import plain_progress
 
 METRIC_FIELDS = ("kind", "epoch", "step", "loss", "top1_err", "top5_err", "lr", "lr_divided",
                  "grad_norm",
@@ -217,13 +218,6 @@ def progress_line(row: dict[str, Any], *, total_steps: int, steps_per_epoch: int
             f"{row['lr']:.2e} | {row['images_per_s']:.0f} img/s, data wait "
             f"{row['data_wait']:.0%}" + (f" | peak mem {memory:.2f} GiB" if memory else "")
             + f" | eta {duration(eta)}")
-
-
-def plain_progress(progress: bool) -> bool:
-    """Whether progress goes out as plain lines instead of a tqdm bar: when asked
-    (``--progress false``), or when stdout or stderr (the bar's) is no terminal (a cluster
-    job's log file, a pipe), where a bar is noise."""
-    return not (progress and sys.stdout.isatty() and sys.stderr.isatty())
 
 
 class Pace:
