@@ -63,6 +63,7 @@ from vgg.report import (
     accuracy_lines,
     check_outputs,
     confusion_path,
+    confusion_title,
     default_output,
     describe_networks,
     paper_table,
@@ -231,7 +232,9 @@ def report(cfg: EvalConfig, networks: list[Network], out: Path, facts: dict[str,
         "config": configuration.to_dict(cfg),
     }
     write_confusion_csv(tally.confusion, confusion, facts["class_names"])
-    plot_confusion(tally.confusion, facts["class_names"], confusion.with_suffix(".png"))
+    plot_confusion(tally.confusion, facts["class_names"], confusion.with_suffix(".png"),
+                   title=confusion_title([n.source for n in networks], facts["split"],
+                                         cfg.protocol, facts["scales"], summary["top1_error"]))
     write_results(results, out)
     print(paper_table([row]))
     print("\n".join(accuracy_lines(summary, tally.ks)))
