@@ -53,7 +53,7 @@ from vgg.optim import LRSchedule, build_optimizer
 from vgg.pretrained import PretrainedWeights, TransferReport, freeze, load_pretrained, read_weights
 from vgg.rng import seed_everything
 from vgg.run_dir import NonFiniteWeights, RunDirectory, checkpoint_path
-from vgg.run_log import RunLog
+from vgg.run_log import RunLog, summary_writer_class
 from vgg.stop import StopRequest
 from vgg.train_data import Data, build_data
 from vgg.train_state import Resumable, TrainState
@@ -374,6 +374,8 @@ def end_of_epoch(model: torch.nn.Module, resumable: Resumable, state: TrainState
 def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch.device
         ) -> int:
     main_process = rank == 0
+    if cfg.tensorboard:  # a missing package refused before the run directory exists
+        summary_writer_class()
     seed_everything(cfg.seed + rank)
     configure_backends(device, cfg.deterministic, cfg.cudnn_benchmark)
     stop = StopRequest(announce=print if main_process else lambda *a, **k: None)
@@ -404,7 +406,8 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
                          else None, run_id=state.wandb_run_id, config=resumable.config,
                          num_classes=data.spec.num_classes,
                          wandb_settings={"mode": cfg.wandb, "project": cfg.wandb_project,
-                                         "entity": cfg.wandb_entity})
+                                         "entity": cfg.wandb_entity},
+                         tensorboard=cfg.tensorboard)
         state.wandb_run_id = run_log.wandb_run_id
         run_log.print(
             f"run {run_dir.path}: VGG-{cfg.model_version}"
