@@ -51,6 +51,7 @@ from vgg.health import HealthMonitor, Stalled, early_advice, remedies
 from vgg.model import build_vgg
 from vgg.optim import LRSchedule, build_optimizer
 from vgg.pretrained import PretrainedWeights, TransferReport, freeze, load_pretrained, read_weights
+from vgg.provenance import dataset_fingerprint, provenance
 from vgg.rng import seed_everything
 from vgg.run_dir import NonFiniteWeights, RunDirectory, checkpoint_path
 from vgg.run_log import RunLog, summary_writer_class
@@ -335,8 +336,10 @@ def build_training(cfg: Config, model: torch.nn.Module, model_args: dict[str, An
         threshold=cfg.plateau_threshold, step_epochs=cfg.step_epochs, min_lr=cfg.min_lr)
     preprocessing = preprocessing_record(cfg.dataset, data.classes, data.image_size,
                                          data.spec.mean, data.spec.std, data.scale)
+    trained_on = dataset_fingerprint(cfg.dataset, {"train": data.train_set, "val": data.val_set},
+                                     cfg.data_root)
     resumable = Resumable(model, model_args, optimizer, schedule, scaler,
-                          recorded_config(cfg), preprocessing)
+                          recorded_config(cfg), preprocessing, provenance(device, trained_on))
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
     settings = StepSettings(device, autocast_dtype, scaler, cfg.label_smoothing, cfg.grad_clip,
                             channels_last)
