@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import train
-from tests.test_train_cli import ROOT, rows, tiny
+from tests.test_train_cli import ROOT, killed_after_logging, rows, tiny
 
 needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
                                        reason="tensorboard is not installed")
@@ -31,11 +31,7 @@ def test_tensorboard_has_every_row_once_across_resumes(tmp_path):
     """As W&B's test: a kill after steps 4 and 5 were logged but before their checkpoint;
     the resumed run logs them again, and TensorBoard shows each step once."""
     run_dir = tmp_path / "tb"
-    assert train.main(tiny(run_dir, "--tensorboard", "true", "--max_steps", "3")) == 0
-    at_step_3 = (run_dir / "last.pt").read_bytes()
-    assert train.main(["--resume", str(run_dir), "--max_steps", "5"]) == 0
-    (run_dir / "last.pt").write_bytes(at_step_3)  # killed before step 5's checkpoint
-    assert train.main(["--resume", str(run_dir), "--max_steps", "none"]) == 0
+    killed_after_logging(run_dir, "--tensorboard", "true")
     assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 3
     logged = scalars(run_dir)
     for tag, series in logged.items():
