@@ -56,6 +56,25 @@ def test_tensorboard_has_every_row_once_across_resumes(tmp_path):
 
 
 @needs_tensorboard
+def test_the_health_warning_goes_to_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vgg.run_log import RunLog
+
+    log = RunLog(tmp_path, main=True, fmt="jsonl", epochs=1, steps=(10, 10), progress=False,
+                 resume_from=None, wandb_settings={"mode": "disabled", "project": "vgg",
+                                                   "entity": None},
+                 run_id=None, config={}, num_classes=10, tensorboard=True)
+    log.health("the loss is still ln(10)", epoch=1, step=7)
+    log.close()
+    assert scalars(tmp_path)["health/not_learning"] == [(7, 1.0)]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    [text] = events.Tensors("health/warning/text_summary")
+    assert text.step == 7 and text.tensor_proto.string_val == [b"the loss is still ln(10)"]
+
+
+@needs_tensorboard
 def test_without_the_flag_there_is_no_tensorboard_folder(tmp_path):
     run_dir = tmp_path / "plain"
     assert train.main(tiny(run_dir, "--max_steps", "1")) == 0
