@@ -208,8 +208,8 @@ def warn(message: str) -> None:
 
 
 def wandb_name(kind: str, key: str) -> str:
-    """A metrics row's field as W&B names it: ``train/loss`` for a logging interval's,
-    ``train/epoch_loss`` and ``val/top1_err`` for an epoch's."""
+    """A metrics row's field as W&B and TensorBoard name it: ``train/loss`` for a logging
+    interval's, ``train/epoch_loss`` and ``val/top1_err`` for an epoch's."""
     if kind == "train":
         return f"train/{key}"
     if key in ("epoch", "lr"):
@@ -292,8 +292,8 @@ class RunLog:
     earlier attempt that wrote no checkpoint are dropped. A resumed run sends W&B only the
     rows after the last step logged before: W&B takes steps in increasing order only, and
     has the earlier ones already. TensorBoard drops what came after the checkpoint
-    (:func:`open_tensorboard`) and gets those rows again; the rows up to the checkpoint's
-    step it has, and is not sent again.
+    (:func:`open_tensorboard`) and gets those rows again, but not the rows up to the
+    checkpoint's step, which it holds already.
 
     ``steps`` is (steps per epoch, steps the run will take); ``progress`` is --progress:
     with :attr:`bar` false, each interval row is also printed as a plain line."""
