@@ -134,6 +134,7 @@ class Config:
     wandb: str = choice("auto", ("auto", "online", "offline", "disabled"))  # W&B mode
     wandb_project: str = "vgg"  # W&B project
     wandb_entity: str | None = None  # W&B entity (team/user); None = your default
+    tensorboard: bool = False  # also log every metrics row to TensorBoard in <run>/tensorboard
 
     def validate(self) -> None:
         """Checks between fields (types and choices are checked generically)."""

@@ -60,10 +60,12 @@ from vgg.metrics import reported_topk
 from vgg.networks import Network, check_ensemble, network_from_checkpoint, network_from_torchvision
 from vgg.plot import most_confused_pairs, plot_confusion
 from vgg.progress import Progress, plain_progress
+from vgg.provenance import dataset_fingerprint, describe, provenance
 from vgg.report import (
     accuracy_lines,
     check_outputs,
     confusion_path,
+    confusion_title,
     default_output,
     describe_networks,
     paper_table,
@@ -227,13 +229,16 @@ def report(cfg: EvalConfig, networks: list[Network], out: Path, facts: dict[str,
         "networks": [{"source": n.source, "version": n.version, "batch_norm": n.batch_norm,
                       "image_size": n.image_size, "num_classes": n.num_classes,
                       "train_scale": list(n.train_scale) if n.train_scale else None,
-                      "mean": list(n.mean), "std": list(n.std)} for n in networks],
+                      "mean": list(n.mean), "std": list(n.std), "provenance": n.provenance}
+                     for n in networks],
         "confusion_matrix": str(confusion), "seconds": seconds,
         "images_per_second": summary["samples"] / seconds if seconds > 0 else None,
         "config": configuration.to_dict(cfg),
     }
     write_confusion_csv(tally.confusion, confusion, facts["class_names"])
-    plot_confusion(tally.confusion, facts["class_names"], confusion.with_suffix(".png"))
+    plot_confusion(tally.confusion, facts["class_names"], confusion.with_suffix(".png"),
+                   title=confusion_title([n.source for n in networks], facts["split"],
+                                         cfg.protocol, facts["scales"], summary["top1_error"]))
     write_results(results, out)
     print(paper_table([row]))
     print("\n".join(accuracy_lines(summary, tally.ks)))
@@ -245,6 +250,10 @@ def report(cfg: EvalConfig, networks: list[Network], out: Path, facts: dict[str,
           + ("; ".join(f"{t} -> {p}: {n}" for t, p, n in pairs) or "none"))
     print(f"results: {out}\nconfusion matrix: {confusion} (picture: "
           f"{confusion.with_suffix('.png')})")
+    print(f"provenance: {describe(facts['provenance'])}")
+    for network in networks:
+        if network.provenance is not None:
+            print(f"  {network.source} trained by: {describe(network.provenance)}")
 
 
 def check_device(name: str) -> None:
@@ -285,7 +294,9 @@ def evaluate_networks(argv: list[str] | None) -> int:
                                           else "bilinear"),
                  "class_names": list(class_names) if class_names else None,
                  "world_size": world_size, "device": str(device),
-                 "precision": evaluator.precision}
+                 "precision": evaluator.precision,
+                 "provenance": provenance(device, dataset_fingerprint(
+                     name, {cfg.split: dataset}, root))}
         report(cfg, networks, out, facts, tally, seconds)
     return 0
 

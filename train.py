@@ -53,9 +53,10 @@ from vgg.model import build_vgg
 from vgg.optim import LRSchedule, build_optimizer
 from vgg.pretrained import PretrainedWeights, TransferReport, freeze, load_pretrained, read_weights
 from vgg.progress import Progress
+from vgg.provenance import dataset_fingerprint, provenance
 from vgg.rng import seed_everything
 from vgg.run_dir import NonFiniteWeights, RunDirectory, checkpoint_path
-from vgg.run_log import RunLog
+from vgg.run_log import RunLog, summary_writer_class
 from vgg.stop import StopRequest
 from vgg.train_data import Data, build_data
 from vgg.train_state import Resumable, TrainState
@@ -338,8 +339,10 @@ def build_training(cfg: Config, model: torch.nn.Module, model_args: dict[str, An
         threshold=cfg.plateau_threshold, step_epochs=cfg.step_epochs, min_lr=cfg.min_lr)
     preprocessing = preprocessing_record(cfg.dataset, data.classes, data.image_size,
                                          data.spec.mean, data.spec.std, data.scale)
+    trained_on = dataset_fingerprint(cfg.dataset, {"train": data.train_set, "val": data.val_set},
+                                     cfg.data_root)
     resumable = Resumable(model, model_args, optimizer, schedule, scaler,
-                          recorded_config(cfg), preprocessing)
+                          recorded_config(cfg), preprocessing, provenance(device, trained_on))
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
     settings = StepSettings(device, autocast_dtype, scaler, cfg.label_smoothing, cfg.grad_clip,
                             channels_last)
@@ -380,6 +383,8 @@ def end_of_epoch(model: torch.nn.Module, resumable: Resumable, state: TrainState
 def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch.device
         ) -> int:
     main_process = rank == 0
+    if cfg.tensorboard:  # a missing package refused before the run directory exists
+        summary_writer_class()
     seed_everything(cfg.seed + rank)
     configure_backends(device, cfg.deterministic, cfg.cudnn_benchmark)
     stop = StopRequest(announce=print if main_process else lambda *a, **k: None)
@@ -410,7 +415,8 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
                          else None, run_id=state.wandb_run_id, config=resumable.config,
                          num_classes=data.spec.num_classes,
                          wandb_settings={"mode": cfg.wandb, "project": cfg.wandb_project,
-                                         "entity": cfg.wandb_entity})
+                                         "entity": cfg.wandb_entity},
+                         tensorboard=cfg.tensorboard)
         state.wandb_run_id = run_log.wandb_run_id
         run_log.print(
             f"run {run_dir.path}: VGG-{cfg.model_version}"

@@ -86,7 +86,7 @@ def test_torchvision_vgg11_loads_the_exported_weights_strictly(tmp_path):
     model = build_vgg(**args).eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        data, note = weights_file(model, args, x, model(x), None)
+        data, note = weights_file(model, args, x, model(x), {})
     assert note == "loads into torchvision.models.vgg11(num_classes=3)"
     (tmp_path / "w.pth").write_bytes(data)
     reference = torchvision.models.vgg11(num_classes=3).eval()

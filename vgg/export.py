@@ -18,10 +18,13 @@ the original network's outputs on a random batch before it is written (atomicall
 Every format gives class scores (logits) for inputs prepared as the checkpoint's
 ``"preprocessing"`` records (``predict.py`` does that preparation), and carries that record
 (class names, mean/std, image size, training scale S, resampling), so that ``predict.py`` and
-``--init_from`` prepare inputs as the network was trained: in the ``.pth`` state dict's
-``_metadata[""]["vgg_preprocessing"]`` (ignored by torchvision's strict loading), as the
-``.pt2``'s extra file ``vgg_preprocessing.json`` (``torch.export.load(path, extra_files=
-{"vgg_preprocessing.json": ""})``), in the ONNX model's ``metadata_props``.
+``--init_from`` prepare inputs as the network was trained, and a ``vgg_provenance`` record
+(vgg/provenance.py: the toolkit, commit and library versions of the export, and under
+``checkpoint`` the checkpoint's own record of what trained it, its data's fingerprint
+included): in the ``.pth`` state dict's ``_metadata[""]["vgg_preprocessing"]`` and
+``["vgg_provenance"]`` (ignored by torchvision's strict loading), as the ``.pt2``'s extra
+files ``vgg_preprocessing.json`` and ``vgg_provenance.json`` (``torch.export.load(path,
+extra_files={"vgg_preprocessing.json": ""})``), in the ONNX model's ``metadata_props``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from vgg.checkpoint import run_checkpoint
 from vgg.errors import UserError, run_cli
 from vgg.model import TORCHVISION_NAMES, VGG, build_vgg
 from vgg.pretrained import PREPROCESSING_KEY, model_from_weights, preprocessing_of, read_weights
+from vgg.provenance import PROVENANCE_KEY, provenance
 
 EXAMPLE_BATCH = 2
 # Outputs of a re-traced program differ from eager ones by float reassociation only.
@@ -70,13 +74,12 @@ def torchvision_name(model_args: dict) -> str | None:
 
 
 def weights_file(model: VGG, model_args: dict, x: torch.Tensor, expected: torch.Tensor,
-                 preprocessing: dict | None) -> tuple[bytes, str]:
-    """The state dict, its preprocessing record in its ``_metadata`` (which torchvision's
-    strict loading ignores), reloaded (weights only) into a fresh network and, where the
-    shapes allow, into torchvision's own model."""
+                 metadata: dict[str, dict]) -> tuple[bytes, str]:
+    """The state dict, its records (``metadata``: preprocessing, provenance) in its
+    ``_metadata`` (which torchvision's strict loading ignores), reloaded (weights only) into
+    a fresh network and, where the shapes allow, into torchvision's own model."""
     state = model.state_dict()
-    if preprocessing is not None:
-        state._metadata[""] = {**state._metadata.get("", {}), PREPROCESSING_KEY: preprocessing}
+    state._metadata[""] = {**state._metadata.get("", {}), **metadata}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
@@ -99,15 +102,15 @@ def weights_file(model: VGG, model_args: dict, x: torch.Tensor, expected: torch.
 
 
 def exported_program(model: VGG, model_args: dict, x: torch.Tensor, expected: torch.Tensor,
-                     preprocessing: dict | None) -> tuple[bytes, str]:
-    """torch.export with a dynamic batch dimension and the preprocessing record as the extra
-    file ``vgg_preprocessing.json``, saved and loaded back; checked at the example batch
-    size and at another one."""
+                     metadata: dict[str, dict]) -> tuple[bytes, str]:
+    """torch.export with a dynamic batch dimension and each record of ``metadata`` as the
+    extra file ``<key>.json`` (``vgg_preprocessing.json``), saved and loaded back; checked
+    at the example batch size and at another one."""
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
     buffer = io.BytesIO()
-    torch.export.save(program, buffer, extra_files=None if preprocessing is None else
-                      {f"{PREPROCESSING_KEY}.json": json.dumps(preprocessing)})
+    torch.export.save(program, buffer, extra_files={f"{key}.json": json.dumps(record)
+                                                    for key, record in metadata.items()})
     loaded = torch.export.load(io.BytesIO(buffer.getvalue())).module()
     with torch.no_grad():
         check_outputs("torch.export program", loaded(x), expected)
@@ -116,7 +119,7 @@ def exported_program(model: VGG, model_args: dict, x: torch.Tensor, expected: to
 
 
 def onnx_file(model: VGG, model_args: dict, x: torch.Tensor, expected: torch.Tensor,
-              preprocessing: dict | None) -> tuple[bytes | None, str]:
+              metadata: dict[str, dict]) -> tuple[bytes | None, str]:
     missing = [p for p in ("onnx", "onnxscript") if importlib.util.find_spec(p) is None]
     if missing:
         return None, f"skipped: pip install {' '.join(missing)} to export ONNX"
@@ -125,9 +128,9 @@ def onnx_file(model: VGG, model_args: dict, x: torch.Tensor, expected: torch.Ten
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(model, (x,), input_names=["images"], output_names=["scores"],
                                 dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
-    if preprocessing is not None:
+    for key, record in metadata.items():
         entry = program.model_proto.metadata_props.add()
-        entry.key, entry.value = PREPROCESSING_KEY, json.dumps(preprocessing)
+        entry.key, entry.value = key, json.dumps(record)
     data = program.model_proto.SerializeToString()
     if importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime
@@ -157,6 +160,8 @@ def export(source: str, out_dir: Path | None = None) -> list[tuple[Path | None, 
     model = model_from_weights(weights).eval()
     # What predict.py and --init_from need; a file that records none exports none.
     preprocessing = preprocessing_of(weights) if weights.preprocessing is not None else None
+    metadata = {PREPROCESSING_KEY: preprocessing} if preprocessing is not None else {}
+    metadata[PROVENANCE_KEY] = provenance("cpu", None) | {"checkpoint": weights.provenance}
     out_dir = out_dir or (path.parent / "export" if path.is_file() else Path("export"))
     check_folder(out_dir, f"--out {out_dir}")
     # The three formats hold the weights once each, with room to spare.
@@ -173,7 +178,7 @@ def export(source: str, out_dir: Path | None = None) -> list[tuple[Path | None, 
                           "nothing exported")
     written = []
     for suffix, make in FORMATS.items():
-        data, note = make(model, weights.model_args, x, expected, preprocessing)
+        data, note = make(model, weights.model_args, x, expected, metadata)
         if preprocessing is None:
             note += f"; no preprocessing record ({weights.source} holds none)"
         if data is None:

@@ -78,6 +78,7 @@ class PretrainedWeights:
     model_args: dict[str, Any]
     preprocessing: dict[str, Any] | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] | None = None  # a checkpoint's (vgg/provenance.py)
 
 
 def vgg_weights_architectures() -> dict[str, dict[str, Any]]:
@@ -131,7 +132,8 @@ def weights_from_file(path: Path) -> PretrainedWeights:
     loaded = load_checkpoint(path)  # checked there, as every command's checkpoints are
     if isinstance(loaded, dict) and "model" in loaded and "model_args" in loaded:
         return PretrainedWeights(loaded["model"], str(path), dict(loaded["model_args"]),
-                                 loaded.get("preprocessing"), dict(loaded.get("config") or {}))
+                                 loaded.get("preprocessing"), dict(loaded.get("config") or {}),
+                                 loaded.get("provenance"))
     if isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values()):
         model_args = model_args_of_state(loaded, str(path))
         return PretrainedWeights(loaded, str(path), model_args,
