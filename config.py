@@ -40,6 +40,11 @@ def choice(default, choices):
     return field(default=default, metadata={"choices": choices})
 
 
+def shown_as(default, metavar):
+    """A field whose value ``--help`` shows as ``metavar`` (``SMIN,SMAX``)."""
+    return field(default=default, metadata={"metavar": metavar})
+
+
 @dataclass
 class Config:
     # --- data ---
@@ -50,7 +55,7 @@ class Config:
     # ImageFolder's val/), else 10% of train held out; a number holds that share out
     val_fraction: float | None = None  # share of the training set held out for validation
     image_size: int | None = None  # training crop side; None = the dataset's (224 / 32)
-    train_scale: tuple[int, int] | None = None  # S range [Smin, Smax]; None = dataset's
+    train_scale: tuple[int, int] | None = shown_as(None, "SMIN,SMAX")  # S range; None = dataset's
     color_shift: bool = True  # PCA colour (lighting) noise of Krizhevsky et al. 2012
     # paper: Caffe's input, 0-255 pixels minus the training mean RGB (for init: paper, whose
     # fixed std assumes it); dataset: (pixel/255 - mean) / std, unit-scale inputs
@@ -85,12 +90,13 @@ class Config:
     lr: float = 1e-2  # initial learning rate (paper: 1e-2; 1e-3 for S=384 from S=256)
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = False  # Nesterov momentum (SGD)
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    betas: tuple[float, float] = shown_as((0.9, 0.999), "BETA1,BETA2")  # AdamW betas
     weight_decay: float = 5e-4  # L2 multiplier (SGD) / decoupled decay (AdamW)
     # The paper says only "weight decay 5e-4"; read as on every parameter, biases included
     decay_norm_and_bias: bool = True  # decay biases and norm weights too
     label_smoothing: float = 0.0  # cross-entropy label smoothing (paper: 0)
     grad_clip: float | None = None  # clip the gradient's global L2 norm to this; None = off
+    # --- schedule ---
     schedule: str = choice("plateau", ("plateau", "step", "cosine"))  # lr schedule
     lr_factor: float = 0.1  # plateau/step: multiply the lr by this at each drop
     max_lr_drops: int = 3  # plateau/step: at most this many drops (paper: 3)
@@ -108,13 +114,11 @@ class Config:
     cudnn_benchmark: bool = True  # cudnn autotuning (off in deterministic mode)
     deterministic: bool = False  # deterministic algorithms (bit-exact reruns and resumes)
     seed: int = 0  # seed for init, data order, augmentation and dropout
-    # --- runs, checkpoints, logging ---
+    # --- run ---
     out_dir: str = "runs"  # parent of the run directories
     run_name: str | None = None  # run directory name; None = <dataset>-<version>-<time>
-    log_interval: int = 50  # optimizer steps between metric rows
     checkpoint_interval: int = 0  # also write last.pt every this many steps (0 = per epoch)
     keep_last_k: int = 0  # also keep the last k epoch checkpoints (epoch_<n>.pt)
-    metrics_format: str = choice("jsonl", ("jsonl", "csv"))  # metrics file format
     on_nonfinite: str = choice("stop", ("stop", "skip"))  # non-finite loss: stop or skip step
     # the run is not learning (loss at ln(classes) after a warm-up budget, a divergence):
     # warn once (console, metrics, W&B) naming evidence and fixes, stop with a checkpoint, or
@@ -122,11 +126,15 @@ class Config:
     on_stall: str = choice("warn", ("warn", "stop", "ignore"))  # not learning: warn/stop/ignore
     lr_find: bool = False  # run the lr range test (vgg.lr_find) with this config instead
     lr_find_steps: int = 200  # lr range test: steps of exponential lr growth
-    lr_find_range: tuple[float, float] = (1e-6, 10.0)  # lr range test: first and last lr
+    lr_find_range: tuple[float, float] = shown_as((1e-6, 10.0), "FIRST,LAST")  # lr range test
+    # --- logging ---
+    log_interval: int = 50  # optimizer steps between metric rows
+    metrics_format: str = choice("jsonl", ("jsonl", "csv"))  # metrics file format
     progress: bool = True  # tqdm bar on a terminal; else (or false) a plain line per log_interval
     wandb: str = choice("auto", ("auto", "online", "offline", "disabled"))  # W&B mode
     wandb_project: str = "vgg"  # W&B project
     wandb_entity: str | None = None  # W&B entity (team/user); None = your default
+    tensorboard: bool = False  # also log every metrics row to TensorBoard in <run>/tensorboard
 
     def validate(self) -> None:
         """Checks between fields (types and choices are checked generically)."""
@@ -246,11 +254,12 @@ class Config:
 @dataclass
 class EvalConfig:
     # --- what to evaluate ---
-    checkpoint: list[str] | None = None  # runs or checkpoints (several: an ensemble); None = newest
+    # runs or checkpoint files; several are an ensemble; None = the newest run's best.pt
+    checkpoint: list[str] | None = shown_as(None, "RUN [RUN ...]")  # several: ensemble; None=newest
     torchvision_weights: str | None = None  # a torchvision VGG state dict file (.pth)
     model_version: str | None = choice(None, VERSIONS)  # of --torchvision_weights; None = inferred
     batch_norm: bool | None = None  # --torchvision_weights has BN; None = inferred
-    train_scale: list[int] | None = None  # S or Smin,Smax where the weights do not record it
+    train_scale: list[int] | None = shown_as(None, "S|SMIN,SMAX")  # where weights lack it
     # --- data ---
     dataset: str | None = choice(None, _datasets)  # None = the checkpoint's (torchvision: ImageNet)
     data_root: str | None = None  # dataset root; None = the checkpoint's, or data
@@ -260,7 +269,7 @@ class EvalConfig:
     on_corrupt: str = choice("error", ("error", "skip"))  # undecodable image: stop, or use the next
     # --- protocol ---
     protocol: str = choice("dense", PROTOCOLS)  # Sec. 3.2's test protocol
-    scale: list[int | str] | None = None  # test scales Q, or single / multi; None = single
+    scale: list[int | str] | None = shown_as(None, "Q [Q ...]")  # Q, single or multi; None = single
     flip: bool | None = None  # also evaluate mirror images; None = as the dataset trains
     # --- execution ---
     batch_size: int = 64  # network inputs (image_size crops) per forward pass
@@ -268,7 +277,7 @@ class EvalConfig:
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
     precision: str = choice("fp32", PRECISIONS)  # fp32, as the paper's numbers were
     out: str | None = None  # results JSON; None = eval_<...>.json beside the checkpoint
-    progress: bool = True  # tqdm progress bar
+    progress: bool = True  # tqdm bar on a terminal; else (or false) a line per 10% done
 
     def validate(self) -> None:
         """Checks of single values and between fields (types and choices are checked

@@ -59,10 +59,13 @@ from vgg.evaluation import (
 from vgg.metrics import reported_topk
 from vgg.networks import Network, check_ensemble, network_from_checkpoint, network_from_torchvision
 from vgg.plot import most_confused_pairs, plot_confusion
+from vgg.progress import Progress, plain_progress
+from vgg.provenance import dataset_fingerprint, describe, provenance
 from vgg.report import (
     accuracy_lines,
     check_outputs,
     confusion_path,
+    confusion_title,
     default_output,
     describe_networks,
     paper_table,
@@ -206,8 +209,9 @@ def score(cfg: EvalConfig, networks: list[Network], dataset, scales: list[int], 
         pin_memory=device.type == "cuda", persistent_workers=False)
     start = time.perf_counter()
     tally = Tally(networks[0].num_classes, reported_topk(networks[0].num_classes))
-    run_protocol(evaluator, loader, tally, progress=distributed.is_main() and cfg.progress,
-                 total=len(sampler) if sampler is not None else len(dataset))
+    with Progress(len(sampler) if sampler is not None else len(dataset), "evaluating",
+                  show=distributed.is_main(), bar=not plain_progress(cfg.progress)) as progress:
+        run_protocol(evaluator, loader, tally, progress=progress)
     tally.all_reduce(distributed.all_reduce_sum)
     return tally, evaluator, time.perf_counter() - start
 
@@ -225,13 +229,16 @@ def report(cfg: EvalConfig, networks: list[Network], out: Path, facts: dict[str,
         "networks": [{"source": n.source, "version": n.version, "batch_norm": n.batch_norm,
                       "image_size": n.image_size, "num_classes": n.num_classes,
                       "train_scale": list(n.train_scale) if n.train_scale else None,
-                      "mean": list(n.mean), "std": list(n.std)} for n in networks],
+                      "mean": list(n.mean), "std": list(n.std), "provenance": n.provenance}
+                     for n in networks],
         "confusion_matrix": str(confusion), "seconds": seconds,
         "images_per_second": summary["samples"] / seconds if seconds > 0 else None,
         "config": configuration.to_dict(cfg),
     }
     write_confusion_csv(tally.confusion, confusion, facts["class_names"])
-    plot_confusion(tally.confusion, facts["class_names"], confusion.with_suffix(".png"))
+    plot_confusion(tally.confusion, facts["class_names"], confusion.with_suffix(".png"),
+                   title=confusion_title([n.source for n in networks], facts["split"],
+                                         cfg.protocol, facts["scales"], summary["top1_error"]))
     write_results(results, out)
     print(paper_table([row]))
     print("\n".join(accuracy_lines(summary, tally.ks)))
@@ -243,6 +250,10 @@ def report(cfg: EvalConfig, networks: list[Network], out: Path, facts: dict[str,
           + ("; ".join(f"{t} -> {p}: {n}" for t, p, n in pairs) or "none"))
     print(f"results: {out}\nconfusion matrix: {confusion} (picture: "
           f"{confusion.with_suffix('.png')})")
+    print(f"provenance: {describe(facts['provenance'])}")
+    for network in networks:
+        if network.provenance is not None:
+            print(f"  {network.source} trained by: {describe(network.provenance)}")
 
 
 def check_device(name: str) -> None:
@@ -252,7 +263,8 @@ def check_device(name: str) -> None:
 
 
 def evaluate_networks(argv: list[str] | None) -> int:
-    cfg, args = configuration.parse_args(EvalConfig, argv, description=__doc__.split("\n")[0])
+    cfg, args = configuration.parse_args(EvalConfig, argv, description=__doc__,
+                                         prog="evaluate.py")
     if getattr(args, "print_config", False):
         print(configuration.to_yaml(cfg), end="")
         return 0
@@ -282,7 +294,9 @@ def evaluate_networks(argv: list[str] | None) -> int:
                                           else "bilinear"),
                  "class_names": list(class_names) if class_names else None,
                  "world_size": world_size, "device": str(device),
-                 "precision": evaluator.precision}
+                 "precision": evaluator.precision,
+                 "provenance": provenance(device, dataset_fingerprint(
+                     name, {cfg.split: dataset}, root))}
         report(cfg, networks, out, facts, tally, seconds)
     return 0
 

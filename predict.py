@@ -28,7 +28,6 @@ from typing import Any
 import cv2
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 import dataset_class  # noqa: F401  (a user's own registered datasets)
 from vgg.atomic import check_free_space, check_output, replace_atomically
@@ -38,6 +37,7 @@ from vgg.data import IMAGE_EXTENSIONS, dataset_spec, decode_image
 from vgg.errors import UserError, run_cli
 from vgg.evaluation import PROTOCOLS, Evaluator
 from vgg.pretrained import model_from_weights, preprocessing_of, read_weights
+from vgg.progress import Progress, plain_progress
 from vgg.transforms import EvalTransform, single_test_scale
 
 OUTPUT_FORMATS = (".csv", ".json")
@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--progress", type=boolean, default=True, metavar="BOOL",
-                        help="a progress bar when a folder is given")
+                        help="a progress bar on a terminal when a folder is given; else (or "
+                             "false) a line per 10%% done")
     return parser
 
 
@@ -150,11 +151,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def predict(evaluator: Evaluator, loader: DataLoader, classes: Sequence[str], top_k: int,
-            progress: bool) -> tuple[list[dict[str, Any]], list[int]]:
+            progress: Progress) -> tuple[list[dict[str, Any]], list[int]]:
     """Per readable image its index and top-k classes; the indices of unreadable ones."""
     predictions, unreadable = [], []
-    with tqdm(total=len(loader.dataset), disable=not progress, unit="img",
-              dynamic_ncols=True) as bar:
+    with progress:
         for batch in loader:
             unreadable += [index for images, index in batch if images is None]
             readable = [(images, index) for images, index in batch if images is not None]
@@ -166,7 +166,7 @@ def predict(evaluator: Evaluator, loader: DataLoader, classes: Sequence[str], to
                     predictions.append({"index": index, "top_k": [
                         {"class": classes[c], "probability": q} for c, q in zip(k, p,
                                                                                 strict=True)]})
-            bar.update(len(batch))
+            progress.update(len(batch))
     return predictions, unreadable
 
 
@@ -248,8 +248,10 @@ def run(args: argparse.Namespace) -> int:
                         collate_fn=as_list)
     print(f"{len(files)} image(s), network {weights.source}, {args.protocol} at Q={scale}",
           file=sys.stderr)
-    predictions, unreadable_indices = predict(evaluator, loader, classes, args.top_k,
-                                              progress=args.progress and folder_given)
+    # Progress on stderr: stdout holds the predictions, a line per image.
+    progress = Progress(len(files), "predicting", show=folder_given,
+                        bar=not plain_progress(args.progress), file=sys.stderr)
+    predictions, unreadable_indices = predict(evaluator, loader, classes, args.top_k, progress)
     rows = [{"file": str(files[p["index"]]), "top_k": p["top_k"]} for p in predictions]
     unreadable = [str(files[i]) for i in unreadable_indices]
     for row in rows:

@@ -52,9 +52,11 @@ from vgg.health import HealthMonitor, Stalled, early_advice, remedies
 from vgg.model import build_vgg
 from vgg.optim import LRSchedule, build_optimizer
 from vgg.pretrained import PretrainedWeights, TransferReport, freeze, load_pretrained, read_weights
+from vgg.progress import Progress
+from vgg.provenance import dataset_fingerprint, provenance
 from vgg.rng import seed_everything
 from vgg.run_dir import NonFiniteWeights, RunDirectory, checkpoint_path
-from vgg.run_log import RunLog
+from vgg.run_log import RunLog, summary_writer_class
 from vgg.stop import StopRequest
 from vgg.train_data import Data, build_data
 from vgg.train_state import Resumable, TrainState
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 def resume_target(argv: list[str] | None) -> str | None:
     """--resume from a flag or else from the --config file, read ahead of the full parse:
     that one's checks need the resumed run's saved config as their base."""
-    args, _ = configuration.build_parser(Config).parse_known_args(argv)
+    args, _ = configuration.build_parser(Config, __doc__, "train.py").parse_known_args(argv)
     if hasattr(args, "resume"):
         return configuration.coerce("resume", args.resume, str | None, from_text=True)
     if getattr(args, "config", None):
@@ -98,7 +100,7 @@ def resume_target(argv: list[str] | None) -> str | None:
 def newest_run_checkpoint(argv: list[str] | None) -> str | None:
     """``--resume auto``: the run directory --out_dir/--run_name when it holds a checkpoint
     (a requeued cluster job continues its run), else None: the run starts there."""
-    cfg, _ = configuration.parse_args(Config, argv)
+    cfg, _ = configuration.parse_args(Config, argv, description=__doc__, prog="train.py")
     if cfg.run_name is None:
         raise ConfigError("--resume auto continues the run directory --out_dir/--run_name if "
                           "it holds a checkpoint, else starts it: give --run_name (and "
@@ -123,7 +125,8 @@ def parse_config(argv: list[str] | None) -> tuple[Config, Resume | None, bool]:
                                   "config/model_args); use --init_from for its weights")
         saved = saved_run_config(resume)  # checked alone first: its errors name the file
     cfg, args = configuration.parse_args(Config, argv,
-                                         base=resume.checkpoint["config"] if resume else None)
+                                         base=resume.checkpoint["config"] if resume else None,
+                                         description=__doc__, prog="train.py")
     if resume is not None:
         cfg = resumed_config(cfg, resume, saved)
     return cfg, resume, getattr(args, "print_config", False)
@@ -336,8 +339,10 @@ def build_training(cfg: Config, model: torch.nn.Module, model_args: dict[str, An
         threshold=cfg.plateau_threshold, step_epochs=cfg.step_epochs, min_lr=cfg.min_lr)
     preprocessing = preprocessing_record(cfg.dataset, data.classes, data.image_size,
                                          data.spec.mean, data.spec.std, data.scale)
+    trained_on = dataset_fingerprint(cfg.dataset, {"train": data.train_set, "val": data.val_set},
+                                     cfg.data_root)
     resumable = Resumable(model, model_args, optimizer, schedule, scaler,
-                          recorded_config(cfg), preprocessing)
+                          recorded_config(cfg), preprocessing, provenance(device, trained_on))
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
     settings = StepSettings(device, autocast_dtype, scaler, cfg.label_smoothing, cfg.grad_clip,
                             channels_last)
@@ -350,8 +355,11 @@ def end_of_epoch(model: torch.nn.Module, resumable: Resumable, state: TrainState
                  ) -> bool:
     """Validate, log the epoch's row, step the schedule, save; False when a signal came
     during validation (the epoch's training is then saved, its validation skipped)."""
-    val = validate(model, data.val_loader, settings.device, stop=stop,
-                   autocast_dtype=settings.autocast_dtype, channels_last=settings.channels_last)
+    with Progress(len(data.val_loader.sampler), f"validation, epoch {state.epoch + 1}",
+                  show=run_log.main, bar=run_log.bar, leave=False) as progress:
+        val = validate(model, data.val_loader, settings.device, stop=stop, progress=progress,
+                       autocast_dtype=settings.autocast_dtype,
+                       channels_last=settings.channels_last)
     if val is None:
         run_dir.save_last(resumable.checkpoint(state))
         return False
@@ -375,6 +383,8 @@ def end_of_epoch(model: torch.nn.Module, resumable: Resumable, state: TrainState
 def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch.device
         ) -> int:
     main_process = rank == 0
+    if cfg.tensorboard:  # a missing package refused before the run directory exists
+        summary_writer_class()
     seed_everything(cfg.seed + rank)
     configure_backends(device, cfg.deterministic, cfg.cudnn_benchmark)
     stop = StopRequest(announce=print if main_process else lambda *a, **k: None)
@@ -405,7 +415,8 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
                          else None, run_id=state.wandb_run_id, config=resumable.config,
                          num_classes=data.spec.num_classes,
                          wandb_settings={"mode": cfg.wandb, "project": cfg.wandb_project,
-                                         "entity": cfg.wandb_entity})
+                                         "entity": cfg.wandb_entity},
+                         tensorboard=cfg.tensorboard)
         state.wandb_run_id = run_log.wandb_run_id
         run_log.print(
             f"run {run_dir.path}: VGG-{cfg.model_version}"

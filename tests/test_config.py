@@ -48,7 +48,7 @@ def test_precedence_defaults_yaml_flags(tmp_path):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--lrr", "0.1"], "did you mean 'lr'"),
+    (["--lrr", "0.1"], "did you mean --lr?"),
     (["--epochs", "ten"], "epochs: expected int"),
     (["--nesterov", "maybe"], "nesterov: expected bool"),
     (["--train_scale", "256"], "train_scale"),
@@ -144,7 +144,52 @@ def test_cli_print_config_and_error_exit_code():
     run = subprocess.run([sys.executable, "train.py", "--optimiser", "sgd"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
-    assert "did you mean 'optimizer'" in run.stderr and "Traceback" not in run.stderr
+    assert "did you mean --optimizer?" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--deterministic"], {"deterministic": True}),
+    (["--deterministic", "true", "--no-deterministic"], {"deterministic": False}),
+    (["--deterministic", "false"], {"deterministic": False}),
+    (["--nesterov", "--lr", "0.5"], {"nesterov": True, "lr": 0.5}),  # bare before a flag
+    (["--no-color-shift", "--batch-size", "8"], {"color_shift": False, "batch_size": 8}),
+    (["--no-color_shift", "--train-scale", "256", "512"],
+     {"color_shift": False, "train_scale": [256, 512]}),
+    (["--channels-last"], {"channels_last": True}),  # an optional boolean too
+    (["--no-channels-last"], {"channels_last": False}),
+    (["--channels_last", "none"], {"channels_last": None}),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
+def test_bare_booleans_no_flags_and_dash_aliases(argv, expected, capsys):
+    """Issue 22 item 7, through train.py's own main: the YAML it prints is the config."""
+    import train
+
+    assert train.main(["--print-config", *argv]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert {key: printed[key] for key in expected} == expected
+    assert printed["deterministic"] is expected.get("deterministic", False)  # default kept
+
+
+def test_eval_config_takes_the_same_boolean_and_dash_spellings():
+    cfg, _ = parse_args(EvalConfig, ["--no-flip", "--no-progress", "--batch-size", "4"])
+    assert (cfg.flip, cfg.progress, cfg.batch_size) == (False, False, 4)
+    assert parse_args(EvalConfig, ["--flip"])[0].flip is True
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--batch-szie", "8"], "unknown flag --batch-szie (did you mean --batch-size?)"),
+    (["--optimiser=sgd"], "unknown flag --optimiser (did you mean --optimizer?)"),
+    (["--epochs"], "--epochs: expected one argument"),
+    (["--no-deterministic", "true"], "--no-deterministic takes no value"),
+    (["--deterministic", "maybe"], "--deterministic: expected bool, got 'maybe'"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
+def test_argparse_failures_are_one_paragraph_errors(argv, needle):
+    """Issue 22 item 7: exit code 2 and the house message, not argparse's usage dump."""
+    run = subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("train.py: error: ") and needle in run.stderr, run.stderr
+    assert run.stderr.count("\n") == 1  # one paragraph
+    assert "usage:" not in run.stderr and "Traceback" not in run.stderr and not run.stdout
 
 
 def test_config_directory_and_non_utf8_files_are_named(tmp_path):

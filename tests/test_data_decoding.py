@@ -135,3 +135,34 @@ def test_empty_and_huge_files_count_as_corrupt_in_a_dataset(tmp_path):
     dataset = build_dataset("ImageFolder", "test", tmp_path, np.asarray)
     [dataset[i] for i in range(len(dataset))]
     assert sorted(dataset.unreadable_files()) == sorted([str(empty), str(huge)])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_opencv_s_own_messages_do_not_leak_beside_the_toolkit_s(tmp_path, workers):
+    """Issue 22 item 9: a PNG whose header chunk is damaged makes OpenCV's decoder log
+    "[ERROR:0@...] global grfmt_png.cpp ..." on stderr, in whichever process decodes it
+    (here predict.py's loader workers too); only the toolkit's one line may remain."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.evalnets import save_tiny_checkpoint
+
+    save_tiny_checkpoint(tmp_path / "net.pt")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 36), 60 * i, np.uint8)).save(photos / f"{i}.png")
+    good = (photos / "0.png").read_bytes()
+    # The signature, then a chunk that is not IHDR: libpng's "IHDR chunk shall be first".
+    (photos / "corrupt.png").write_bytes(good[:8] + b"\x00\x00\x00\x04tEXt" + good[16:])
+    done = subprocess.run(
+        [sys.executable, "predict.py", str(photos), "--checkpoint", str(tmp_path / "net.pt"),
+         "--workers", str(workers), "--progress", "false"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"})
+    assert done.returncode == 0, done.stderr
+    assert f"could not read 1 file(s): {photos / 'corrupt.png'}" in done.stderr
+    assert "[ERROR" not in done.stderr and "grfmt" not in done.stderr, done.stderr
+    assert len(done.stdout.splitlines()) == 3  # the readable images were all predicted

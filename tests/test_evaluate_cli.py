@@ -70,6 +70,10 @@ def test_every_protocol_end_to_end(checkpoints, tmp_path, protocol, capsys):
     # the confusion matrix as a picture beside its CSV, and the most-confused pairs printed
     picture = np.asarray(Image.open(tmp_path / "r_confusion.png").convert("L"))
     assert picture.min() < 128 < picture.max()  # not blank
+    # titled with what was evaluated and how, and the error the results JSON holds
+    assert Image.open(tmp_path / "r_confusion.png").text["Title"] == (
+        f"{folder.name}/net0.pt | test split | {protocol} | Q=32,40,48 | top-1 error "
+        f"{100 * results['top1_error']:.2f}%")
     assert "most confused (true -> predicted: images):" in printed
 
 

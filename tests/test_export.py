@@ -206,6 +206,7 @@ def test_safetensors_read_back_with_safetensors_own_api(exported):
     config = json.loads((folder / "config.json").read_text())
     for metadata in (header, config):
         assert metadata.pop("input").startswith("float32 NCHW; RGB")
+        assert metadata.pop("vgg_provenance")["torch"] == str(torch.__version__)
         assert metadata == exported_metadata(SMALL)
 
 
@@ -300,6 +301,7 @@ def test_onnx_carries_the_metadata_and_the_dense_form_takes_any_size(exported):
     for name in ("best.onnx", "best_dense.onnx"):
         props = {p.key: json.loads(p.value) for p in onnx.load(out / name).metadata_props}
         assert props.pop("input").startswith("float32 NCHW; RGB")
+        assert props.pop("vgg_provenance")["torch"] == str(torch.__version__)
         assert props == exported_metadata(SMALL)
     session = onnxruntime.InferenceSession(str(out / "best_dense.onnx"))
     dense = model.to_dense().eval()

@@ -7,6 +7,7 @@ from PIL import Image
 from vgg.plot import (
     PAIRS_CHART,
     PlotError,
+    confusion_figure,
     curves_figure,
     lr_drops,
     main,
@@ -184,6 +185,14 @@ def test_confusion_matrix_has_the_class_names_on_its_axes(tmp_path):
     assert "45" in [text.get_text() for text in ax.texts]
     pixels = read_png(tmp_path / "confusion.png")
     assert pixels.shape[0] >= 400 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
+
+
+def test_confusion_title_heads_the_figure_and_is_the_png_title(tmp_path):
+    title = "run/best.pt | test split | dense | Q=32 | top-1 error 12.50%"
+    figure = plot_confusion(CONFUSION, NAMES, tmp_path / "titled.png", title=title)
+    assert figure.get_suptitle() == title
+    assert Image.open(tmp_path / "titled.png").text["Title"] == title
+    assert confusion_figure(CONFUSION, NAMES).get_suptitle() == ""  # untitled by default
 
 
 def test_many_classes_draw_the_most_confused_pairs(tmp_path):

@@ -12,7 +12,13 @@ import torch
 
 from vgg.atomic import WriteError
 from vgg.evaluation import Tally
-from vgg.report import check_outputs, default_output, paper_table, write_confusion_csv
+from vgg.report import (
+    check_outputs,
+    confusion_title,
+    default_output,
+    paper_table,
+    write_confusion_csv,
+)
 
 
 def test_paper_table_layout():
@@ -23,6 +29,16 @@ def test_paper_table_layout():
                                 "method": "dense", "top1_error": 0.25, "top5_error": None}])
     assert two_classes.splitlines()[0] == "| config | train S | test Q | method | top-1 err |"
     assert two_classes.splitlines()[2] == "| A | 37 | 37 | dense | 25.0 |"
+
+
+def test_confusion_title_names_weights_split_protocol_scales_and_top1():
+    assert confusion_title(["runs/D-S256/best.pt"], "test", "dense", [224, 256, 288],
+                           0.2483) == ("D-S256/best.pt | test split | dense | Q=224,256,288 | "
+                                       "top-1 error 24.83%")
+    # torchvision's weights in the working directory; an ensemble's members joined
+    assert confusion_title(["vgg16.pth", "/x/E/last.pt"], "val", "dense+multicrop", [256],
+                           0.0) == ("vgg16.pth + E/last.pt | val split | dense+multicrop | "
+                                    "Q=256 | top-1 error 0.00%")
 
 
 def test_results_json_round_trip(tmp_path):

@@ -60,6 +60,17 @@ def rows(run_dir: Path, kind: str) -> list[dict]:
     return [r for r in MetricsLog.read(run_dir / "metrics.jsonl") if r["kind"] == kind]
 
 
+def killed_after_logging(run_dir: Path, *logger: str) -> None:
+    """A tiny run logging also to ``logger``, killed after steps 4 and 5 were logged but
+    before their checkpoint, then resumed from step 3's checkpoint to its end (12 steps):
+    the resumed run logs steps 4 and 5 again."""
+    assert train.main(tiny(run_dir, *logger, "--max_steps", "3")) == 0
+    at_step_3 = (run_dir / "last.pt").read_bytes()
+    assert train.main(["--resume", str(run_dir), "--max_steps", "5"]) == 0
+    (run_dir / "last.pt").write_bytes(at_step_3)  # killed before step 5's checkpoint
+    assert train.main(["--resume", str(run_dir), "--max_steps", "none"]) == 0
+
+
 
 def test_resume_after_a_step_is_bit_identical(tmp_path):
     assert train.main(tiny(tmp_path / "full")) == 0
@@ -530,6 +541,11 @@ def test_without_a_terminal_each_log_interval_prints_one_plain_line(tmp_path):
         assert int(m[2]) == round(row["images_per_s"])
         assert row["images_per_s"] >= 96 / row["epoch_time"]  # 96 images, trained in less
     assert len(epochs) == 2 and tuple(map(int, epochs[-1].groups()[2:5])) == (0, 0, 0)
+    # Validation (issue 22 item 8): no silent pause, a line as each tenth of its 32 images
+    # is done, in batches of 8.
+    validation = re.findall(r"^validation, epoch (\d+): (\d+)/32 img \(\d+%\) \| \d+ img/s$",
+                            run.stdout, re.MULTILINE)
+    assert validation == [(e, n) for e in "12" for n in ("8", "16", "24", "32")]
 
 
 def test_on_a_terminal_the_bar_shows_images_per_second_at_every_refresh(tmp_path):
@@ -621,11 +637,7 @@ def test_a_resumed_run_sends_wandb_each_step_once(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_dir = tmp_path / "w"
-    assert train.main(tiny(run_dir, "--wandb", "offline", "--max_steps", "3")) == 0
-    at_step_3 = (run_dir / "last.pt").read_bytes()
-    assert train.main(["--resume", str(run_dir), "--max_steps", "5"]) == 0
-    (run_dir / "last.pt").write_bytes(at_step_3)  # killed before step 5's checkpoint
-    assert train.main(["--resume", str(run_dir), "--max_steps", "none"]) == 0
+    killed_after_logging(run_dir, "--wandb", "offline")
     files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 3 and len({f.name for f in files}) == 1  # one W&B run, 3 sessions
     steps = [h["_step"] for f in files for h in wandb_history(f)]

@@ -3,8 +3,10 @@
 A checkpoint is a dict holding at least ``model`` (the state dict) and ``model_args`` (the
 keyword arguments of :func:`vgg.build_vgg` that rebuild the network), so that any tool can
 reconstruct the model without the run's config; the trainer adds its own state beside them
-(vgg/train_state.py), and ``preprocessing`` (:func:`preprocessing_record`): the input the
-network expects, so that it can be evaluated without the training data.
+(vgg/train_state.py), ``preprocessing`` (:func:`preprocessing_record`): the input the
+network expects, so that it can be evaluated without the training data, and
+``provenance`` (vgg/provenance.py): the code, libraries, device and data that trained it.
+Checkpoints written before either record load as before.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 from vgg.atomic import RecordingWriter, reason, replace_atomically
 from vgg.errors import UserError, short_repr
 from vgg.model import DOWNSAMPLING, VERSIONS, VGG, build_vgg, network_bytes
+from vgg.provenance import FIELDS as PROVENANCE_FIELDS
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -168,6 +171,49 @@ def config_problem(config: Any, image_size: int) -> str | None:
     return None
 
 
+# Versions, device names and hashes are short; a longer text is not a provenance record's.
+MAX_PROVENANCE_TEXT = 200
+
+
+def is_hex(value: Any, digits: int) -> bool:
+    """Whether ``value`` is a lower-case hexadecimal digest of ``digits`` digits."""
+    return (isinstance(value, str) and len(value) == digits
+            and all(c in "0123456789abcdef" for c in value))
+
+
+def split_fingerprint_ok(info: Any) -> bool:
+    """A split's entry of a dataset fingerprint: its image count and (where the toolkit
+    could hash its index) the SHA-256 digest of it."""
+    return (isinstance(info, dict) and is_integer(info.get("images"))
+            and ("sha256" not in info or is_hex(info["sha256"], 64)))
+
+
+def provenance_problem(record: Any) -> str | None:
+    """What is wrong with a ``provenance`` record (vgg/provenance.py): its fields of the
+    types it writes, texts short, the git state a commit hash and a dirty flag, the dataset
+    fingerprint a name, a class count and a count (and digest) per split. Fields it does
+    not know are left alone (a newer toolkit's)."""
+    if not isinstance(record, dict):
+        return f"its 'provenance' entry is a {type(record).__name__}, not a dict"
+    for key, kinds in PROVENANCE_FIELDS.items():
+        value = record.get(key)
+        if not isinstance(value, kinds) or isinstance(value, bool) or (
+                isinstance(value, str) and len(value) > MAX_PROVENANCE_TEXT):
+            return f"its provenance {key} {short_repr(value)} is not what a toolkit records"
+    git, dataset = record.get("git"), record.get("dataset")
+    if git is not None and not (is_hex(git.get("commit"), 40)
+                                and isinstance(git.get("dirty"), bool)):
+        return f"its provenance git {short_repr(git)} is not a commit hash and a dirty flag"
+    if dataset is not None and not (
+            isinstance(dataset.get("name"), str) and is_integer(dataset.get("classes"))
+            and isinstance(dataset.get("splits"), dict)
+            and all(isinstance(split, str) and split_fingerprint_ok(info)
+                    for split, info in dataset["splits"].items())):
+        return (f"its provenance dataset {short_repr(dataset)} is not a fingerprint (a name, "
+                "a class count, and per split an image count and index digest)")
+    return None
+
+
 def weights_problem(state: Mapping[str, Any]) -> str | None:
     """What is wrong with the kinds of a state dict's tensors: floating-point weights (not
     integers, which would have been truncated, nor complex numbers), integer counters."""
@@ -184,8 +230,8 @@ def weights_problem(state: Mapping[str, Any]) -> str | None:
 def check_checkpoint(checkpoint: dict[str, Any], source: str) -> None:
     """The one validation of a checkpoint's contents that every command applies when it
     reads one (in :func:`load_checkpoint`): model_args that build a VGG of a size this
-    machine can hold, a preprocessing record and config of the right types and values, and
-    weights of the right kinds. Shapes are checked against the network when it is loaded
+    machine can hold, a preprocessing record, config and provenance of the right types and
+    values, and weights of the right kinds. Shapes are checked against the network when it is loaded
     (:func:`load_model_state`), finiteness too."""
     args = checkpoint.get("model_args")
     problem = model_args_problem(args)
@@ -196,6 +242,8 @@ def check_checkpoint(checkpoint: dict[str, Any], source: str) -> None:
                     else None)
                    or (config_problem(checkpoint["config"], image_size)
                        if checkpoint.get("config") is not None else None)
+                   or (provenance_problem(checkpoint["provenance"])
+                       if checkpoint.get("provenance") is not None else None)
                    or (weights_problem(checkpoint["model"])
                        if isinstance(checkpoint.get("model"), Mapping) else None))
     if problem is None:

@@ -4,10 +4,12 @@ become ``--flags``, a YAML file (``yaml.safe_load``) can override them, and ever
 checked against the field's type and declared choices. Precedence: dataclass defaults <
 ``base`` dict (e.g. a resumed run's saved config) < ``--config file.yaml`` < ``--key value``.
 
-Flags are spelled the same way in both tools: booleans ``--flip true|false``; list and tuple
-fields take space- or comma-separated values (``--scale 256 384`` = ``--scale 256,384``,
-``--train_scale 256,512``); ``none`` sets an optional field to None. Choices of text fields
-are case-insensitive (``--dataset cifar10`` is ``Cifar10``).
+Flags are spelled the same way in both tools, with underscores or dashes (``--batch_size``
+= ``--batch-size``): booleans ``--flip`` (true), ``--no-flip`` or ``--flip true|false``;
+list and tuple fields take space- or comma-separated values (``--scale 256 384`` =
+``--scale 256,384``, ``--train_scale 256,512``); ``none`` sets an optional field to None.
+Choices of text fields are case-insensitive (``--dataset cifar10`` is ``Cifar10``). A
+flag argparse cannot read is a ConfigError too (one paragraph, exit code 2).
 
 Declare choices next to the field: ``field(default="sgd", metadata={"choices": ("sgd",
 "adamw")})``; ``choices`` may be a zero-argument callable, evaluated only when checked, so a
@@ -21,6 +23,7 @@ import dataclasses
 import difflib
 import inspect
 import re
+import textwrap
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -166,6 +169,17 @@ def _unknown(keys: Sequence[str], cls: type, where: str) -> ConfigError:
                        f"{', '.join(hints)}. Valid keys: {', '.join(valid)}")
 
 
+def _unknown_flags(flags: Sequence[str], parser: argparse.ArgumentParser) -> ConfigError:
+    """Unknown command-line flags, each with the closest valid one (in either spelling)."""
+    valid = [s for action in parser._actions for s in action.option_strings]
+    hints = []
+    for flag in flags:
+        close = difflib.get_close_matches(flag, valid, n=1)
+        hints.append(flag + (f" (did you mean {close[0]}?)" if close else ""))
+    return ConfigError(f"unknown flag{'s' if len(flags) > 1 else ''} {', '.join(hints)}; "
+                       f"{parser.prog} --help lists every option")
+
+
 def apply(config: Any, values: Mapping[str, Any], where: str, from_text: bool = False) -> Any:
     """A copy of ``config`` with ``values`` applied and checked."""
     cls = type(config)
@@ -253,51 +267,168 @@ def to_yaml(config: Any) -> str:
 
 def field_comments(cls: type) -> dict[str, str]:
     """The trailing ``# comment`` of each field's line in the class source."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
     pattern = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.*)$")
-    return {m[1]: m[2].strip() for line in source.splitlines() if (m := pattern.match(line))}
+    return {m[1]: m[2].strip() for line in _source_lines(cls) if (m := pattern.match(line))}
 
 
-def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
-    """``--config``, ``--print_config`` and one ``--<field>`` per dataclass field; a
-    field's help is its one-line comment in the source."""
-    parser = argparse.ArgumentParser(
-        description=description, allow_abbrev=False, argument_default=argparse.SUPPRESS,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", help="YAML file of key: value overrides")
-    parser.add_argument("--print_config", action="store_true",
+def field_sections(cls: type) -> dict[str, str]:
+    """The section of each field: the last ``# --- data ---`` line above it in the class
+    source ("options" before the first)."""
+    sections, section = {}, "options"
+    for line in _source_lines(cls):
+        if heading := re.match(r"^\s+# --- (.+) ---\s*$", line):
+            section = heading[1]
+        elif field := re.match(r"^\s+(\w+)\s*:", line):
+            sections[field[1]] = section
+    return sections
+
+
+def _source_lines(cls: type) -> list[str]:
+    try:
+        return inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return []
+
+
+class _Boolean(argparse.Action):
+    """A boolean field's flag: alone it means true (``--deterministic``), with a value that
+    value (``--deterministic false``); ``--no-deterministic`` means false."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        negated = [f"--no-{flag[2:]}" for flag in option_strings]
+        super().__init__([*option_strings, *negated], dest, nargs="?", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if option_string.startswith("--no-"):
+            if values is not None:
+                raise argparse.ArgumentError(self, f"{option_string} takes no value (it means "
+                                                   f"false; --{self.dest} {values} sets one)")
+            values = "false"
+        setattr(namespace, self.dest, "true" if values is None else values)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Its failures (a flag without its value, a value for a ``--no-`` flag) are
+    ConfigErrors: the house one-paragraph error, exit code 2, not argparse's usage dump."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        # "argument --x/--x-y/--no-x: ..." names the flag by its first spelling
+        message = re.sub(r"^argument (--[\w-]+)(/--[\w-]+)*: ", r"\1: ", message)
+        raise ConfigError(f"{message}; {self.prog} --help lists every option")
+
+
+def _spellings(name: str) -> list[str]:
+    """``--batch_size`` and its dash alias ``--batch-size``."""
+    return [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Each option once, by its first spelling and its metavar (the dash alias and
+    ``--no-`` spelling are said once, in the epilog); the description keeps its layout."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if action.nargs == 0:  # -h, --help; --print_config
+            return ", ".join(s for s in action.option_strings if "-" not in s[2:])
+        if isinstance(action, _Boolean):
+            return f"{action.option_strings[0]} [true|false]"
+        return f"{action.option_strings[0]} {action.metavar}"
+
+
+def _metavar(f: dataclasses.Field, tp: Any) -> str:
+    """How a field's value is written: the field's ``metavar`` metadata (``SMIN,SMAX``), its
+    choices, or its type (``N``, ``X``, ``X,X`` for a pair, ``N [N ...]`` for a list)."""
+    if "metavar" in f.metadata:
+        return f.metadata["metavar"]
+    choices = f.metadata.get("choices")
+    if choices is not None:
+        return "NAME" if callable(choices) else (
+            "{" + ",".join(str(c) for c in choices if c is not None) + "}")
+
+    def scalar(item: Any) -> str:
+        return {int: "N", float: "X"}.get(item, f.name.upper())
+
+    items = _sequence_args(tp)
+    if items is None:
+        return scalar(next((a for a in typing.get_args(tp) if a is not type(None)), tp))
+    if list not in (typing.get_origin(a) for a in (tp, *typing.get_args(tp))) and \
+            Ellipsis not in items:  # a tuple of fixed length
+        return ",".join(map(scalar, items))
+    return f"{scalar(items[0])} [{scalar(items[0])} ...]"
+
+
+def _shown(value: Any) -> str:
+    """A default as it would be typed on the command line."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(_shown, value))
+    return str(value)
+
+
+def help_text(doc: str) -> str:
+    """What ``--help`` says first: a module docstring's opening paragraph and the indented
+    examples that follow it (the rest of the docstring is for readers of the code)."""
+    paragraphs = doc.strip().split("\n\n")
+    examples = [p for p in paragraphs[1:2] if p.startswith(" ")]
+    return "\n\n".join([paragraphs[0], *examples])
+
+
+SPELLING = textwrap.fill(
+    "Flags take underscores or dashes (--batch_size = --batch-size). A boolean flag alone "
+    "means true, --no-FLAG false. Lists are space- or comma-separated; none sets an optional "
+    "value to None. --config FILE.yaml sets any option; flags given with it override the "
+    "file.", width=79)
+
+
+def build_parser(cls: type, description: str = "", prog: str | None = None
+                 ) -> argparse.ArgumentParser:
+    """``--config``, ``--print_config`` and one ``--<field>`` per dataclass field (dash
+    spellings too: ``--batch-size``), in groups by the class's ``# --- section ---``
+    comments; a field's help is its one-line comment in the source. ``description`` is
+    the tool's module docstring (its summary and examples open ``--help``)."""
+    parser = _Parser(prog=prog, description=help_text(description), epilog=SPELLING,
+                     usage="%(prog)s [--config FILE.yaml] [--OPTION VALUE ...]",
+                     allow_abbrev=False, argument_default=argparse.SUPPRESS,
+                     formatter_class=_Help)
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of key: value "
+                        "options (a run's config.yaml, a preset in configs/)")
+    parser.add_argument(*_spellings("print_config"), action="store_true",
                         help="print the resolved configuration as YAML and exit")
     hints = _hints(cls)
     defaults = cls()
     comments = field_comments(cls)
+    sections = field_sections(cls)
+    groups: dict[str, Any] = {"options": parser}  # fields before any section: with --config
     for f in dataclasses.fields(cls):
-        choices = f.metadata.get("choices")
-        shown = ("" if choices is None or callable(choices)
-                 else f" {{{','.join(c for c in choices if c is not None)}}}")
-        # A bare boolean flag (``--lr_find``) means true.
-        flag = {"nargs": "?", "const": "true"} if hints[f.name] is bool else {
-            "nargs": "+" if _sequence_args(hints[f.name]) is not None else None}
-        parser.add_argument(f"--{f.name}", metavar=_type_name(hints[f.name]).upper(), **flag,
-                            help=f"{comments.get(f.name, '')}{shown} "
-                                 f"(default: {getattr(defaults, f.name)!r})")
+        section = sections.get(f.name, "options")
+        if section not in groups:
+            groups[section] = parser.add_argument_group(section)
+        tp = hints[f.name]
+        flag = ({"action": _Boolean} if tp is bool or tp == bool | None else
+                {"nargs": "+" if _sequence_args(tp) is not None else None})
+        groups[section].add_argument(
+            *_spellings(f.name), dest=f.name, metavar=_metavar(f, tp), **flag,
+            # argparse %-formats help: a comment's "10%" must reach it as "10%%"
+            help=f"{comments.get(f.name, '')} (default: {_shown(getattr(defaults, f.name))})"
+            .replace("%", "%%"))
     return parser
 
 
 def parse_args(cls: type, argv: Sequence[str] | None,
                base: Mapping[str, Any] | Any | None = None,
-               description: str = "") -> tuple[Any, argparse.Namespace]:
+               description: str = "", prog: str | None = None
+               ) -> tuple[Any, argparse.Namespace]:
     """Resolve the configuration from ``argv``. ``base`` (a dict or a callable taking the
     flag values and returning one, or None) sits between the defaults and the YAML file.
     Returns the checked config and the namespace (for ``print_config``)."""
-    parser = build_parser(cls, description)
+    parser = build_parser(cls, description, prog)
     args, rest = parser.parse_known_args(argv)
     if rest:
-        flags = [r for r in rest if r.startswith("--")]
+        flags = [r.split("=")[0] for r in rest if r.startswith("--")]
         if flags:
-            raise _unknown([f[2:].split("=")[0] for f in flags], cls, "command-line flags")
+            raise _unknown_flags(flags, parser)
         raise ConfigError(f"unexpected command-line arguments {rest}; every option is "
                           f"--key value")
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "print_config")}

@@ -23,6 +23,7 @@ from vgg.distributed import all_reduce_sum, get_world_size, is_distributed
 from vgg.health import HealthMonitor, Stalled
 from vgg.metrics import topk_correct
 from vgg.precision import AUTOCAST_DTYPES, autocast, resolve_precision
+from vgg.progress import Progress
 from vgg.train_state import Resumable, Tally, TrainState
 
 
@@ -273,11 +274,12 @@ def interval_row(interval: Tally, started: float, waited: float, state: TrainSta
 @torch.no_grad()
 def validate(model: nn.Module, loader: Iterable, device: torch.device, *,
              autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
-             stop: Any = None) -> dict[str, float] | None:
+             stop: Any = None, progress: Progress | None = None) -> dict[str, float] | None:
     """Loss and top-1/top-5 error over ``loader``, summed over processes: with an unpadded
     shard per process (vgg.data.sampling.ShardSampler) every sample counts exactly once.
     None when ``stop`` (a :class:`vgg.stop.StopRequest`) was requested on any process
-    during it: a preempted run must not spend its grace period validating."""
+    during it: a preempted run must not spend its grace period validating. Each batch's
+    images are counted into ``progress``: on ImageNet this is 50,000 images, no silent pause."""
     model = model.module if isinstance(model, DDP) else model  # no DDP hooks here
     was_training = model.training
     model.eval()
@@ -294,6 +296,8 @@ def validate(model: nn.Module, loader: Iterable, device: torch.device, *,
         totals[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
         totals[1:3] += topk_correct(logits, y, (1, 5)).double()
         totals[3] += len(y)
+        if progress is not None:
+            progress.update(len(y))
     model.train(was_training)
     loss, top1, top5, n, stopped = all_reduce_sum(totals).tolist()
     if stopped:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,6 +36,9 @@ from vgg.metrics import TOPK, topk_correct
 from vgg.model import VGG
 from vgg.precision import autocast, autocast_dtype, resolve_precision
 from vgg.transforms import single_test_scale
+
+if TYPE_CHECKING:
+    from vgg.progress import Progress
 
 PROTOCOLS = ("center", "dense", "multicrop", "dense+multicrop")
 # How the paper's tables name each protocol.
@@ -451,15 +454,13 @@ def sample_indices(n: int, limit: int | None, seed: int = 0) -> list[int]:
 
 
 def run_protocol(evaluator: Evaluator, loader: Iterable, tally: Tally, *,
-                 progress: bool = False, total: int | None = None) -> Tally:
+                 progress: Progress | None = None) -> Tally:
     """Scores every batch of ``loader`` (as made by :func:`collate_samples`) with the
-    evaluator's protocol and counts them into ``tally``. Distributed callers all-reduce the
-    tally afterwards."""
-    from tqdm import tqdm
-
-    with tqdm(total=total, disable=not progress, unit="img", dynamic_ncols=True) as bar:
-        for images, targets in loader:
-            tally.update(evaluator.log_posteriors(images), targets)
-            bar.update(len(targets))
-            bar.set_postfix(top1_err=f"{1 - int(tally.correct[0]) / max(tally.count, 1):.3f}")
+    evaluator's protocol and counts them into ``tally``, images and top-1 error so far
+    into ``progress``. Distributed callers all-reduce the tally afterwards."""
+    for images, targets in loader:
+        tally.update(evaluator.log_posteriors(images), targets)
+        if progress is not None:
+            progress.update(len(targets),
+                            top1_err=f"{1 - int(tally.correct[0]) / max(tally.count, 1):.3f}")
     return tally

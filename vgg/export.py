@@ -27,13 +27,16 @@ the original network's outputs on a random batch before it is written (atomicall
 Every format gives class scores (logits) for inputs prepared as the checkpoint's
 ``"preprocessing"`` records (``predict.py`` does that preparation), and carries the same
 metadata (:func:`export_metadata`): the toolkit, ``model_args`` (the network's
-:func:`vgg.model.build_vgg` arguments), ``input`` (the input convention in words) and the
+:func:`vgg.model.build_vgg` arguments), ``input`` (the input convention in words), the
 preprocessing record ``vgg_preprocessing`` (class names, mean/std, image size, training
 scale S, resampling), so that ``predict.py`` and ``--init_from`` prepare inputs as the
-network was trained: in the ``.pth`` state dict's ``_metadata[""]`` (ignored by
-torchvision's strict loading); as the ``.pt2``'s extra files ``<key>.json``
-(``torch.export.load(path, extra_files={"vgg_preprocessing.json": ""})``); as JSON strings
-in the ONNX models' ``metadata_props`` and the safetensors header; as ``config.json``.
+network was trained, and ``vgg_provenance`` (vgg/provenance.py: the toolkit, commit and
+library versions of the export, and under ``checkpoint`` the checkpoint's own record of what
+trained it, its data's fingerprint included): in the ``.pth`` state dict's
+``_metadata[""]`` (ignored by torchvision's strict loading); as the ``.pt2``'s extra files
+``<key>.json`` (``torch.export.load(path, extra_files={"vgg_preprocessing.json": ""})``);
+as JSON strings in the ONNX models' ``metadata_props`` and the safetensors header; as
+``config.json``.
 """
 
 from __future__ import annotations
@@ -57,11 +60,13 @@ from vgg.pretrained import (
     HUB_CONFIG,
     HUB_WEIGHTS,
     PREPROCESSING_KEY,
+    PretrainedWeights,
     described_weights,
     model_from_weights,
     preprocessing_of,
     read_weights,
 )
+from vgg.provenance import PROVENANCE_KEY, provenance
 
 EXAMPLE_BATCH = 2
 # Outputs of a re-traced program differ from eager ones by float reassociation only.
@@ -85,15 +90,17 @@ def check_outputs(what: str, got: torch.Tensor, expected: torch.Tensor) -> None:
                           f"differ by {error:.3g} (scores up to {scale:.3g}); nothing written")
 
 
-def export_metadata(model_args: dict, preprocessing: dict | None) -> dict[str, Any]:
+def export_metadata(weights: PretrainedWeights, preprocessing: dict | None) -> dict[str, Any]:
     """What every exported format carries beside the weights, built here only: the toolkit,
-    the network's build arguments, the input convention and the preprocessing record (none
-    when the source records none). Each value is JSON; :func:`metadata_strings` gives the
-    str -> str form of safetensors' and ONNX's metadata."""
-    metadata: dict[str, Any] = {"toolkit": TOOLKIT, "model_args": model_args,
+    the network's build arguments, the input convention, the preprocessing record (none when
+    the source records none) and the export's provenance, with the checkpoint's own under
+    ``checkpoint``. Each value is JSON; :func:`metadata_strings` gives the str -> str form of
+    safetensors' and ONNX's metadata."""
+    metadata: dict[str, Any] = {"toolkit": TOOLKIT, "model_args": weights.model_args,
                                 "input": INPUT_CONVENTION}
     if preprocessing is not None:
         metadata[PREPROCESSING_KEY] = preprocessing
+    metadata[PROVENANCE_KEY] = provenance("cpu", None) | {"checkpoint": weights.provenance}
     return metadata
 
 
@@ -274,7 +281,7 @@ def export(source: str, out_dir: Path | None = None) -> list[tuple[Path | None, 
     if not torch.isfinite(expected).all():
         raise ExportError(f"{weights.source} gives non-finite scores (a diverged run?): "
                           "nothing exported")
-    metadata = export_metadata(weights.model_args, preprocessing)
+    metadata = export_metadata(weights, preprocessing)
     written: list[tuple[Path | None, str]] = []
     for suffix, make in FORMATS.items():
         data, note = make(model, weights.model_args, x, expected, metadata)

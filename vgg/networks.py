@@ -43,6 +43,8 @@ class Network:
     std: tuple[float, ...] | None = None
     classes: tuple[str, ...] | None = None
     dataset: str | None = None
+    # What trained it (vgg/provenance.py); None for torchvision's and older checkpoints.
+    provenance: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -78,7 +80,8 @@ def network_from_checkpoint(path: str | os.PathLike) -> Network:
                    mean=tuple(record["mean"]) if record else None,
                    std=tuple(record["std"]) if record else None,
                    classes=tuple(classes) if classes else None,
-                   dataset=record.get("dataset") or config.get("dataset"))
+                   dataset=record.get("dataset") or config.get("dataset"),
+                   provenance=checkpoint.get("provenance"))
 
 
 def infer_torchvision_version(state: dict[str, torch.Tensor]) -> tuple[str, bool]:

@@ -136,11 +136,14 @@ def curves_figure(runs: Sequence[str | Path]):
 
 def save_figure(figure, path: str | Path, dpi: int = 100) -> Path:
     """Write ``figure`` as a PNG atomically: a reader (a browser refreshing curves.png
-    while the run goes on) sees the old picture or the new one, never half a file."""
+    while the run goes on) sees the old picture or the new one, never half a file. The
+    figure's title, if any, is also the PNG's ``Title`` text: an image viewer or a script
+    reads what the picture shows without looking at it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    title = figure.get_suptitle()
     with replace_atomically(path, "wb") as f:
-        figure.savefig(f, format="png", dpi=dpi)
+        figure.savefig(f, format="png", dpi=dpi, metadata={"Title": title} if title else None)
     return path
 
 
@@ -192,13 +195,21 @@ def most_confused_pairs(confusion, class_names: Sequence[str] | None = None, k: 
             if off_diagonal[t, p] > 0]
 
 
-def confusion_figure(confusion, class_names: Sequence[str] | None = None):
+def confusion_figure(confusion, class_names: Sequence[str] | None = None,
+                     title: str | None = None):
     """Up to ``MAX_MATRIX_CLASSES`` classes: the matrix, coloured by the share of each true
     class (row) predicted as each class, counts written in the cells when they fit. More
-    classes: a bar chart of the ``PAIRS_CHART`` most-confused (true -> predicted) pairs."""
+    classes: a bar chart of the ``PAIRS_CHART`` most-confused (true -> predicted) pairs.
+    ``title`` (what was evaluated, how: vgg.report.confusion_title) heads the figure."""
+    figure = _confusion_drawing(_matrix(confusion), class_names)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def _confusion_drawing(matrix: np.ndarray, class_names: Sequence[str] | None):
     from matplotlib.figure import Figure
 
-    matrix = _matrix(confusion)
     names = _names(class_names, len(matrix))
     if len(matrix) > MAX_MATRIX_CLASSES:
         pairs = most_confused_pairs(matrix, names, PAIRS_CHART)
@@ -230,9 +241,10 @@ def confusion_figure(confusion, class_names: Sequence[str] | None = None):
     return figure
 
 
-def plot_confusion(confusion, class_names: Sequence[str] | None, path: str | Path):
+def plot_confusion(confusion, class_names: Sequence[str] | None, path: str | Path,
+                   title: str | None = None):
     """Draw :func:`confusion_figure` into the PNG ``path``; return the Figure."""
-    figure = confusion_figure(confusion, class_names)
+    figure = confusion_figure(confusion, class_names, title)
     save_figure(figure, path)
     return figure
 

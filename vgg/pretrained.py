@@ -62,6 +62,7 @@ from vgg.checkpoint import (
 from vgg.configuration import ConfigError
 from vgg.errors import UserError, short_repr
 from vgg.model import DOWNSAMPLING, TORCHVISION_NAMES, VERSIONS, VGG, build_vgg
+from vgg.provenance import PROVENANCE_KEY
 from vgg.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 # What `--freeze` may hold still: nothing, the pretrained conv layers, or every layer that
@@ -87,6 +88,7 @@ class PretrainedWeights:
     model_args: dict[str, Any]
     preprocessing: dict[str, Any] | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] | None = None  # a checkpoint's or export's (vgg/provenance.py)
 
 
 def vgg_weights_architectures() -> dict[str, dict[str, Any]]:
@@ -145,7 +147,8 @@ def weights_from_file(path: Path) -> PretrainedWeights:
     loaded = load_checkpoint(path)  # checked there, as every command's checkpoints are
     if isinstance(loaded, dict) and "model" in loaded and "model_args" in loaded:
         return PretrainedWeights(loaded["model"], str(path), dict(loaded["model_args"]),
-                                 loaded.get("preprocessing"), dict(loaded.get("config") or {}))
+                                 loaded.get("preprocessing"), dict(loaded.get("config") or {}),
+                                 loaded.get("provenance"))
     if isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values()):
         model_args = model_args_of_state(loaded, str(path))
         return PretrainedWeights(loaded, str(path), model_args,
@@ -215,10 +218,10 @@ def described_weights(config: Any, state: dict[str, torch.Tensor], source: str
         raise CheckpointError(f"{source}'s model_args do not match its tensors: "
                               f"{'; '.join(differ)}. The metadata belongs to another network; "
                               "export the run again")
-    preprocessing = config.get(PREPROCESSING_KEY)
-    check_checkpoint({"model": state, "model_args": args, "preprocessing": preprocessing},
-                     source)
-    return PretrainedWeights(state, source, shapes | args, preprocessing)
+    preprocessing, provenance = config.get(PREPROCESSING_KEY), config.get(PROVENANCE_KEY)
+    check_checkpoint({"model": state, "model_args": args, "preprocessing": preprocessing,
+                      "provenance": provenance}, source)
+    return PretrainedWeights(state, source, shapes | args, preprocessing, provenance=provenance)
 
 
 def recorded_preprocessing(state: dict[str, torch.Tensor], model_args: dict[str, Any],

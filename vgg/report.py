@@ -74,6 +74,21 @@ def write_confusion_csv(confusion: torch.Tensor, path: str | os.PathLike,
             writer.writerow([name, *row])
 
 
+def checkpoint_name(source: str) -> str:
+    """A weight file as a title names it: with its run directory (``D-S256/best.pt``), as
+    every run's checkpoint is called best.pt or last.pt."""
+    path = Path(source)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def confusion_title(sources: Sequence[str], split: str, protocol: str,
+                    scales: Sequence[int], top1_error: float) -> str:
+    """The confusion matrix picture's title: which weights (an ensemble's joined by +), on
+    which split, by which protocol at which test scales Q, and the top-1 error they got."""
+    return (f"{' + '.join(checkpoint_name(s) for s in sources)} | {split} split | "
+            f"{protocol} | Q={','.join(map(str, scales))} | top-1 error {100 * top1_error:.2f}%")
+
+
 def write_results(results: dict[str, Any], path: str | os.PathLike) -> None:
     with replace_atomically(path) as f:
         f.write(json.dumps(results, indent=2) + "\n")

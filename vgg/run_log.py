@@ -1,6 +1,7 @@
 """The run's record: one :meth:`RunLog.log` writes a metrics row to the metrics file
-(JSON lines or CSV), to Weights & Biases, and to the console (epoch rows always, interval
-rows as plain lines where no progress bar is drawn), and redraws curves.png."""
+(JSON lines or CSV), to Weights & Biases, to TensorBoard (``--tensorboard true``) and to the
+console (epoch rows always, interval rows as plain lines where no progress bar is drawn),
+and redraws curves.png."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 from vgg.atomic import replace_atomically
 from vgg.errors import UserError, short_repr
 from vgg.metrics import reported_topk
+from vgg.progress import plain_progress
 
 METRIC_FIELDS = ("kind", "epoch", "step", "loss", "top1_err", "top5_err", "lr", "lr_divided",
                  "grad_norm",
@@ -175,13 +177,40 @@ def init_wandb(mode: str, *, project: str, entity: str | None, run_dir: Path, na
     return None
 
 
+class TensorBoardMissing(UserError, ImportError):
+    """--tensorboard true without the tensorboard package."""
+
+
+def summary_writer_class():
+    """torch's TensorBoard SummaryWriter, imported only here: tensorboard is an optional
+    package (the GPU machines' stack has none), needed only with --tensorboard true. A run
+    that asks for it without the package is refused before it starts, not trained unlogged."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TensorBoardMissing(
+            "--tensorboard true logs through torch.utils.tensorboard, which needs the "
+            "tensorboard package, and it is not installed here: pip install tensorboard "
+            "(requirements.txt pins the version), or train without it (--tensorboard false; "
+            "metrics.jsonl has every row, and W&B the same)") from None
+    return SummaryWriter
+
+
+def open_tensorboard(run_dir: Path, first_step: int):
+    """A TensorBoard writer into ``<run_dir>/tensorboard`` whose events start at
+    ``first_step``: each session writes a new events file, and its ``purge_step`` tells
+    TensorBoard to drop the events of earlier sessions from ``first_step`` on (those a
+    killed run logged after its last checkpoint, which the resumed run logs again)."""
+    return summary_writer_class()(log_dir=str(run_dir / "tensorboard"), purge_step=first_step)
+
+
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def wandb_name(kind: str, key: str) -> str:
-    """A metrics row's field as W&B names it: ``train/loss`` for a logging interval's,
-    ``train/epoch_loss`` and ``val/top1_err`` for an epoch's."""
+    """A metrics row's field as W&B and TensorBoard name it: ``train/loss`` for a logging
+    interval's, ``train/epoch_loss`` and ``val/top1_err`` for an epoch's."""
     if kind == "train":
         return f"train/{key}"
     if key in ("epoch", "lr"):
@@ -219,13 +248,6 @@ def progress_line(row: dict[str, Any], *, total_steps: int, steps_per_epoch: int
             + f" | eta {duration(eta)}")
 
 
-def plain_progress(progress: bool) -> bool:
-    """Whether progress goes out as plain lines instead of a tqdm bar: when asked
-    (``--progress false``), or when stdout or stderr (the bar's) is no terminal (a cluster
-    job's log file, a pipe), where a bar is noise."""
-    return not (progress and sys.stdout.isatty() and sys.stderr.isatty())
-
-
 class Pace:
     """The console's speed figures: images/s over the training steps of the current epoch,
     and the whole run's ETA from the wall time per step this process has taken so far
@@ -258,11 +280,14 @@ class Pace:
 
 
 class RunLog:
-    """Where a run's rows go. On the main process: the metrics file, W&B (when enabled) and
-    the console; elsewhere nowhere. Opened with ``resume_from`` (see :class:`MetricsLog`)
-    when continuing a run, else any rows of an earlier attempt that wrote no checkpoint
-    are dropped. A resumed run sends W&B only the rows after the last step logged before:
-    W&B takes steps in increasing order only, and has the earlier ones already.
+    """Where a run's rows go. On the main process: the metrics file, W&B (when enabled),
+    TensorBoard (when asked for) and the console; elsewhere nowhere. Opened with
+    ``resume_from`` (see :class:`MetricsLog`) when continuing a run, else any rows of an
+    earlier attempt that wrote no checkpoint are dropped. A resumed run sends W&B only the
+    rows after the last step logged before: W&B takes steps in increasing order only, and
+    has the earlier ones already. TensorBoard drops what came after the checkpoint
+    (:func:`open_tensorboard`) and gets those rows again, but not the rows up to the
+    checkpoint's step, which it holds already.
 
     ``steps`` is (steps per epoch, steps the run will take); ``progress`` is --progress:
     with :attr:`bar` false, each interval row is also printed as a plain line."""
@@ -272,15 +297,18 @@ class RunLog:
     def __init__(self, run_dir: Path, *, main: bool, fmt: str, epochs: int,
                  steps: tuple[int, int], progress: bool,
                  resume_from: tuple[int, int] | None, wandb_settings: dict[str, Any],
-                 run_id: str | None, config: dict[str, Any], num_classes: int):
+                 run_id: str | None, config: dict[str, Any], num_classes: int,
+                 tensorboard: bool = False):
         self.main, self.epochs, self.run_dir = main, epochs, run_dir
         # Top-5 of 5 classes or fewer is always 0%: neither logged nor shown.
         self.unreported = () if 5 in reported_topk(num_classes) else ("top5_err",
                                                                        "val_top5_err")
         (self.steps_per_epoch, self.total_steps), self.bar = steps, not plain_progress(progress)
         self.pace = Pace(self.total_steps, first_step=resume_from[1] if resume_from else 0)
-        self.metrics = self.wandb = None
+        self.metrics = self.wandb = self.tensorboard = None
         self.wandb_sent_through = 0
+        # Steps before the checkpoint resumed from are in TensorBoard already.
+        self.tensorboard_from = (resume_from[1] if resume_from else 0) + 1
         if main:
             self.metrics = MetricsLog(run_dir / f"metrics.{fmt}", fmt,
                                       resume_from=resume_from or (0, 0))
@@ -288,6 +316,8 @@ class RunLog:
                 self.wandb_sent_through = self.metrics.logged_through
             self.wandb = init_wandb(**wandb_settings, run_dir=run_dir, name=run_dir.name,
                                     run_id=run_id, config=config)
+            if tensorboard:
+                self.tensorboard = open_tensorboard(run_dir, self.tensorboard_from)
 
     @property
     def wandb_run_id(self) -> str | None:
@@ -302,9 +332,14 @@ class RunLog:
         if not self.main:
             return
         self.metrics.write(row)
+        scalars = {wandb_name(row["kind"], k): v for k, v in row.items()
+                   if k not in self.NOT_LOGGED and v is not None}
         if self.wandb is not None and row["step"] > self.wandb_sent_through:
-            self.wandb.log({wandb_name(row["kind"], k): v for k, v in row.items()
-                            if k not in self.NOT_LOGGED and v is not None}, step=row["step"])
+            self.wandb.log(scalars, step=row["step"])
+        if self.tensorboard is not None and row["step"] >= self.tensorboard_from:
+            for name, value in scalars.items():
+                self.tensorboard.add_scalar(name, value, row["step"])
+            self.tensorboard.flush()  # on disk before any checkpoint after this row
         eta = self.pace.eta(row["step"])
         if row["kind"] == "epoch":
             self.print(console_line(row, self.epochs, eta), flush=True)
@@ -318,7 +353,8 @@ class RunLog:
 
     def health(self, message: str, *, epoch: int, step: int) -> None:
         """The health monitor's warning (vgg.health): on the console, as a ``kind=health``
-        row of the metrics file, and as a W&B alert and ``health/not_learning`` = 1."""
+        row of the metrics file, as a W&B alert and ``health/not_learning`` = 1, and in
+        TensorBoard as that scalar and the warning's text."""
         if not self.main:
             return
         warn(message)
@@ -331,6 +367,10 @@ class RunLog:
                 self.wandb.alert(title="the network is not learning", text=message)
             except Exception as error:  # any failure of an optional logger: the run goes on
                 warn(f"W&B alert not sent ({error})")
+        if self.tensorboard is not None and step >= self.tensorboard_from:
+            self.tensorboard.add_scalar("health/not_learning", 1, step)
+            self.tensorboard.add_text("health/warning", message, step)
+            self.tensorboard.flush()
 
     def print(self, *args, **kwargs) -> None:
         """A console message, from the main process only."""
@@ -340,3 +380,5 @@ class RunLog:
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()

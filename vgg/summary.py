@@ -108,7 +108,8 @@ class SummaryConfig:
 
 
 def print_summary(argv: list[str] | None) -> int:
-    cfg, args = configuration.parse_args(SummaryConfig, argv, description=__doc__.split("\n")[0])
+    cfg, args = configuration.parse_args(SummaryConfig, argv, description=__doc__,
+                                         prog="python -m vgg.summary")
     if getattr(args, "print_config", False):
         print(configuration.to_yaml(cfg), end="")
         return 0

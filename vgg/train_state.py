@@ -154,7 +154,8 @@ class Resumable:
     """The objects whose state a training checkpoint holds, beside :class:`TrainState`:
     the plain network (unwrapped), the optimizer, the schedule, the fp16 GradScaler, and
     the descriptions written with them (``model_args`` rebuilds the network, ``config`` is
-    the run's, ``preprocessing`` says what input it expects)."""
+    the run's, ``preprocessing`` says what input it expects, ``provenance`` which code,
+    libraries, device and data this session trains with: vgg/provenance.py)."""
 
     model: nn.Module
     model_args: dict[str, Any]
@@ -163,13 +164,14 @@ class Resumable:
     scaler: torch.amp.GradScaler | None
     config: dict[str, Any]
     preprocessing: dict[str, Any]
+    provenance: dict[str, Any] | None = None
 
     def checkpoint(self, state: TrainState) -> dict[str, Any]:
         """The checkpoint of ``state`` (a collective: every process calls it)."""
         state.capture_rng()
         return {"model": self.model.state_dict(), "model_args": self.model_args,
                 "config": self.config, "preprocessing": self.preprocessing,
-                "optimizer": self.optimizer.state_dict(),
+                "provenance": self.provenance, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.schedule.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "copied_from_A": list(getattr(self.model, "copied_from_A", ())),

@@ -6,16 +6,26 @@ unreadable.
 OpenCV rotates a JPEG by its EXIF orientation tag unless told not to, while PIL and Caffe
 use the stored pixels; and it fills the missing part of a truncated JPEG with grey, warning
 on stderr only. Both would silently change what the network sees.
+
+OpenCV's decoders also log their own complaints about a damaged file on stderr ("[ERROR:0@31.9]
+global grfmt_png.cpp ..."), beside the toolkit's one line naming the unreadable files; its
+log level is set to silent when this module is imported, which happens in every process that
+decodes (data-loader workers import it, or inherit the setting by fork). A user's own
+OPENCV_LOG_LEVEL (debugging OpenCV) is left alone.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import warnings
 
 import cv2
 import numpy as np
 from PIL import Image
+
+if "OPENCV_LOG_LEVEL" not in os.environ:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION

@@ -1,0 +1,188 @@
+"""Provenance (vgg/provenance.py): the git state of a repository made here, the dataset
+fingerprint of real folders, and the records a training run's checkpoint, an evaluation's
+results JSON and an export carry, read back from the files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tomllib
+import zipfile
+
+import pytest
+import torch
+import torchvision
+
+import dataset_class
+import train
+from tests.evalnets import save_tiny_checkpoint
+from tests.fakedata import write_image_folder
+from tests.test_train_cli import ROOT, tiny
+from vgg.checkpoint import CheckpointError, load_checkpoint
+from vgg.provenance import dataset_fingerprint, git_state
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+
+
+def git(repo, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                          check=True, timeout=60).stdout.strip()
+
+
+def checkout_state() -> dict | None:
+    """This checkout's commit and whether a tracked file differs, asked of git directly;
+    None where the tests do not run from a checkout."""
+    try:
+        commit = git(ROOT, "rev-parse", "HEAD")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": commit, "dirty": git(ROOT, "status", "--porcelain",
+                                            "--untracked-files=no") != ""}
+
+
+@needs_git
+def test_git_state_of_a_repository_follows_its_commits_and_edits(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "code.py").write_text("x = 1\n")
+    git(repo, "add", "pkg")
+    assert git_state(repo / "pkg" / "code.py") is None  # no commit yet
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    assert git_state(repo / "pkg" / "code.py") == {"commit": git(repo, "rev-parse", "HEAD"),
+                                           "dirty": False}
+    (repo / "pkg" / "code.py").write_text("x = 2\n")  # a tracked file changed: dirty
+    assert git_state(repo / "pkg" / "code.py") == {"commit": git(repo, "rev-parse", "HEAD"),
+                                           "dirty": True}
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "two")
+    second = git(repo, "rev-parse", "HEAD")
+    assert git_state(repo / "pkg" / "code.py") == {"commit": second, "dirty": False}
+    assert git_state(repo / "pkg") == git_state(repo / "pkg" / "code.py")  # a package folder
+    (repo / "notes.txt").write_text("untracked files do not make it dirty\n")
+    assert git_state(repo / "pkg" / "code.py")["dirty"] is False
+    # a file git does not track (an installed copy inside someone's repository), or no
+    # repository at all: no git state
+    assert git_state(repo / "notes.txt") is None
+    (tmp_path / "alone.py").write_text("")
+    assert git_state(tmp_path / "alone.py") is None
+
+
+def folder_fingerprint(root):
+    spec = dataset_class.dataset_spec("ImageFolder", root)
+    transform = dataset_class.eval_transform(spec, 32)
+    return dataset_fingerprint("ImageFolder", {
+        split: dataset_class.build_dataset("ImageFolder", split, root, transform)
+        for split in ("train", "test")}, root)
+
+
+def test_dataset_fingerprint_counts_and_hashes_the_file_index(tmp_path):
+    root = tmp_path / "photos"
+    write_image_folder(root, ["cat", "dog"], per_class=5)
+    first = folder_fingerprint(root)
+    # train/ alone: a seeded 10% held out, so the train split has 9 of the 10 images
+    assert first["name"] == "ImageFolder" and first["classes"] == 2
+    assert first["splits"]["train"]["images"] == 9 and first["splits"]["test"]["images"] == 10
+    assert all(len(s["sha256"]) == 64 for s in first["splits"].values())
+    # the same images under another data root: the same fingerprint (paths are relative)
+    shutil.copytree(root, tmp_path / "moved")
+    assert folder_fingerprint(tmp_path / "moved") == first
+    # one test image renamed: the counts are the same, the test index hash is not
+    (root / "test" / "dog" / "3.png").rename(root / "test" / "dog" / "3b.png")
+    renamed = folder_fingerprint(root)
+    assert renamed["splits"]["test"]["images"] == 10
+    assert renamed["splits"]["test"]["sha256"] != first["splits"]["test"]["sha256"]
+    assert renamed["splits"]["train"] == first["splits"]["train"]
+    # one test image moved to the other class: relabelled, another hash
+    (root / "test" / "dog" / "3b.png").rename(root / "test" / "cat" / "3b.png")
+    assert folder_fingerprint(root)["splits"]["test"]["sha256"] != \
+        renamed["splits"]["test"]["sha256"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short real run of train.py: its run directory."""
+    run_dir = tmp_path_factory.mktemp("prov") / "run"
+    assert train.main(tiny(run_dir, "--epochs", "1")) == 0
+    return run_dir
+
+
+def assert_environment(record: dict, device: str = "cpu") -> None:
+    """The fields that describe this process, against their sources read here."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert record["toolkit"] == pyproject["project"]["version"]
+    assert record["git"] == checkout_state()
+    assert (record["torch"], record["torchvision"]) == (torch.__version__,
+                                                        torchvision.__version__)
+    assert record["cuda"] == torch.version.cuda
+    assert record["device"].startswith(device)
+
+
+def test_a_run_checkpoint_records_code_libraries_device_and_data(trained):
+    record = load_checkpoint(trained / "last.pt")["provenance"]
+    assert_environment(record)
+    data = record["dataset"]
+    assert (data["name"], data["classes"]) == ("Digits", 10)
+    # --train_subset 96 and --val_subset 32: the images the run read
+    assert data["splits"]["train"]["images"] == 96 and data["splits"]["val"]["images"] == 32
+    assert data["splits"]["train"]["sha256"] != data["splits"]["val"]["sha256"]
+
+
+def test_an_evaluation_records_its_own_and_the_networks_provenance(trained, tmp_path,
+                                                                    capsys):
+    import evaluate
+
+    out = tmp_path / "r.json"
+    assert evaluate.main(["--checkpoint", str(trained / "last.pt"), "--limit", "5",
+                          "--workers", "0", "--out", str(out), "--progress", "false"]) == 0
+    results = json.loads(out.read_text())
+    assert_environment(results["provenance"])
+    data = results["provenance"]["dataset"]
+    assert data["name"] == "Digits" and data["splits"] == {
+        "test": {"images": 5, "sha256": data["splits"]["test"]["sha256"]}}
+    checkpoint = load_checkpoint(trained / "last.pt")
+    assert results["networks"][0]["provenance"] == checkpoint["provenance"]
+    printed = capsys.readouterr().out
+    assert "provenance: vgg-reproduced " in printed and "trained by: " in printed
+    assert "Digits (10 classes): test 5 images" in printed
+
+
+def test_an_export_records_its_own_and_the_checkpoints_provenance(trained, tmp_path):
+    from vgg.export import export
+
+    export(str(trained / "last.pt"), tmp_path)
+    checkpoint = load_checkpoint(trained / "last.pt")
+    state = torch.load(tmp_path / "last_weights.pth", weights_only=True)
+    record = state._metadata[""]["vgg_provenance"]
+    assert_environment(record)
+    assert record["dataset"] is None and record["checkpoint"] == checkpoint["provenance"]
+    with zipfile.ZipFile(tmp_path / "last.pt2") as program:
+        name = next(n for n in program.namelist() if n.endswith("vgg_provenance.json"))
+        assert json.loads(program.read(name)) == record
+    if (tmp_path / "last.onnx").exists():  # with the onnx packages installed
+        import onnx
+
+        props = {e.key: e.value for e in onnx.load(tmp_path / "last.onnx").metadata_props}
+        assert json.loads(props["vgg_provenance"]) == record
+
+
+def test_checkpoints_without_provenance_load_and_a_crafted_one_is_refused(tmp_path):
+    save_tiny_checkpoint(tmp_path / "old.pt")
+    assert "provenance" not in load_checkpoint(tmp_path / "old.pt")  # older checkpoints
+    good = load_checkpoint(tmp_path / "old.pt") | {"provenance": {
+        "toolkit": "0.3.0", "git": {"commit": "a" * 40, "dirty": False}, "python": "3.11.7",
+        "torch": "2.14.1", "torchvision": "0.29.1", "cuda": None, "cudnn": None,
+        "device": "cpu (x86_64)", "dataset": {"name": "Digits", "classes": 10, "splits": {
+            "train": {"images": 96, "sha256": "0" * 64}}}}}
+    torch.save(good, tmp_path / "good.pt")
+    assert load_checkpoint(tmp_path / "good.pt")["provenance"] == good["provenance"]
+    for change, needle in (({"git": {"commit": "HEAD", "dirty": False}}, "git"),
+                           ({"torch": ["2.14.1"]}, "torch"),
+                           ({"device": "x" * 1000}, "device"),
+                           ({"dataset": {"name": "Digits", "classes": 10, "splits": {
+                               "train": {"images": "96"}}}}, "dataset")):
+        crafted = good | {"provenance": good["provenance"] | change}
+        torch.save(crafted, tmp_path / "crafted.pt")
+        with pytest.raises(CheckpointError, match=f"provenance {needle}"):
+            load_checkpoint(tmp_path / "crafted.pt")
