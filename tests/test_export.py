@@ -241,7 +241,9 @@ def test_the_hub_folder_loads_back_by_path_with_the_same_logits(exported, tmp_pa
 def damaged_copy(folder: Path, tmp_path: Path, damage: str) -> Path:
     copy = tmp_path / "hub"
     copy.mkdir()
-    (copy / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    tensors = (folder / "model.safetensors").read_bytes()
+    (copy / "model.safetensors").write_bytes(
+        tensors[:len(tensors) // 2] if damage == "truncated tensors" else tensors)
     config = json.loads((folder / "config.json").read_text())
     if damage == "another version":
         config["model_args"]["version"] = "B"  # A's tensors, B's name
@@ -260,6 +262,7 @@ def damaged_copy(folder: Path, tmp_path: Path, damage: str) -> Path:
     ("another version", "model_args do not match its tensors: version 'B' (the tensors': 'A')"),
     ("another image size", "image_size 64 (the tensors': 32)"),
     ("not JSON", "config.json is not JSON"),
+    ("truncated tensors", "model.safetensors is not a readable safetensors file"),
 ])
 def test_a_damaged_hub_folder_is_a_clear_error(exported, tmp_path, capsys, damage, message):
     pytest.importorskip("safetensors")
