@@ -70,7 +70,7 @@ def without_program_name(help_text: str) -> tuple[str, str]:
     so wrapped differently), and the rest of the help as it is."""
     usage, _, rest = help_text.partition("\n\n")
     assert usage.startswith("usage: ")
-    program = usage[len("usage: "):usage.index(" [-h]")]
+    program = usage[len("usage: "):usage.index(" [")]  # up to the first option
     return " ".join(usage.replace(program, "", 1).split()), rest
 
 
