@@ -28,6 +28,9 @@ def test_corrupt_images_are_skipped_with_one_warning_per_epoch_or_raise(tmp_path
             warnings.simplefilter("always")
             labels = torch.cat([batch_labels for _, batch_labels in loader]).tolist()
         assert labels == [0, 0, 0, 1, 1, 1]  # the next readable image stood in for 1.png
+        # Ours only: other code may warn here too (a full run of the suite under the GPU
+        # machines' stack caught 3 warnings in this block, twice; alone it catches 1).
+        caught = [w for w in caught if "unreadable image" in str(w.message)]
         assert len(caught) == 1  # across both workers
         assert f"epoch {epoch}: skipped 1 unreadable image file(s)" in str(caught[0].message)
         assert str(broken) in str(caught[0].message)
