@@ -66,6 +66,9 @@ class Config:
     # device: whole batches augmented on the training device (JPEGs decoded by nvJPEG on a GPU,
     # small datasets held there); on a CPU it spares the loader processes' share of the cores
     data_pipeline: str = choice("workers", ("workers", "device"))  # loader processes or device
+    # shard (a shard set's --data_root only): the shards in a random order, each one's images
+    # shuffled and read together, for network file systems (README "Sharded data")
+    shuffle: str = choice("global", ("global", "shard"))  # training order: all images or by shard
     # --- model ---
     model_version: str = choice("D", VERSIONS)  # Table 1 configuration
     batch_norm: bool = False  # BatchNorm after every conv (not in the paper)

@@ -145,6 +145,7 @@ FIXED_AT_START = {
 FIXED_MID_EPOCH = {
     "seed": "the rest of the epoch's order and augmentation come from it",
     "train_subset": "it decides which samples the rest of the epoch draws from",
+    "shuffle": "it decides the rest of the epoch's order",
 }
 
 

@@ -21,6 +21,7 @@ from benchmarks import (
     gpu_data,
     index_startup,
     photo_folder,
+    shards,
     train_memory,
     train_throughput,
 )
@@ -29,7 +30,7 @@ from benchmarks.steps import training_flops_per_image
 ROOT = Path(__file__).parents[1]
 MODULES = ["train_throughput", "train_memory", "gpu_data", "cifar_speed", "data_pipeline",
            "evaluate_throughput", "distributed_smoke", "photo_folder", "before_after",
-           "checkpoint_save", "data_setup", "index_startup"]
+           "checkpoint_save", "data_setup", "index_startup", "shards"]
 
 
 def test_the_bound_is_three_times_the_forward_flops():
@@ -142,6 +143,17 @@ def test_index_startup_compares_a_first_start_and_a_restart_with_torchvision(cap
                 "| forked worker's private growth after reading every path |"):
         cells = next(line for line in output.splitlines() if line.startswith(row)).split("|")
         assert len(cells) == 8 and cells[-2].strip().endswith("x")  # 3 figures, 2 ratios
+
+
+@pytest.mark.slow
+def test_shards_benchmark_compares_the_writer_with_tar_and_shard_with_file_loading(capsys):
+    pytest.importorskip("webdataset")
+    shards.main(["--files", "40", "--classes", "4", "--workers", "2"])
+    output = capsys.readouterr().out
+    for row in ("| shard writer, 2 process(es) |", "| reference: tarfile of the same files",
+                "| loading files, workers 0 |", "| loading shards, workers 2 |"):
+        assert any(line.startswith(row) for line in output.splitlines()), output
+    assert re.search(r"shards / files, workers 2: \d+\.\d\dx", output)
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """The GPU machines' Python stack (requirements-device-stack.txt) has no wandb, albumentations,
-nbformat or nbclient (nor tensorboard or safetensors, which it does not pin). The suite and
-training must not depend on them there: a GPU session is too short to lose to an import a
-CPU could have caught (issue 25). A module set to None in sys.modules fails to import,
-exactly as an uninstalled one does."""
+nbformat or nbclient (nor tensorboard, safetensors or webdataset, which it does not pin).
+The suite and training must not depend on them there: a GPU session is too short to lose
+to an import a CPU could have caught (issue 25). A module set to None in sys.modules fails
+to import, exactly as an uninstalled one does."""
 
 import subprocess
 import sys
@@ -12,7 +12,8 @@ import train
 from tests.test_train_cli import rows, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = ("wandb", "albumentations", "nbformat", "nbclient", "tensorboard", "safetensors")
+OPTIONAL = ("wandb", "albumentations", "nbformat", "nbclient", "tensorboard", "safetensors",
+            "webdataset")
 
 
 def test_the_suite_collects_without_the_optional_dependencies():

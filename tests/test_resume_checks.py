@@ -56,6 +56,7 @@ CHANGED = [
     (["--val_fraction", "0.5"], "has val_fraction None"),
     (["--seed", "1"], "at epoch 1, 16 samples in has seed 0"),
     (["--train_subset", "48"], "at epoch 1, 16 samples in has train_subset 96"),
+    (["--shuffle", "shard"], "at epoch 1, 16 samples in has shuffle global"),
     (["--optimizer", "adamw"], "has optimizer sgd"),
     (["--input_convention", "paper"], "has input_convention dataset"),
     (["--init_from", "{run}/last.pt"], "has init_from None"),
@@ -84,9 +85,9 @@ def resume_of(config: Config, position: int) -> train.Resume:
     return train.Resume(Path("runs/r/last.pt"), checkpoint)
 
 
-def test_seed_and_subset_may_change_at_an_epoch_end_only():
+def test_seed_subset_and_shuffle_may_change_at_an_epoch_end_only():
     saved = Config(dataset="Digits", run_name="r")
-    for name, value in (("seed", 1), ("train_subset", 48)):
+    for name, value in (("seed", 1), ("train_subset", 48), ("shuffle", "shard")):
         flagged = dataclasses.replace(saved, **{name: value})
         resumed = train.resumed_config(flagged, resume_of(saved, position=0), saved)
         assert getattr(resumed, name) == value

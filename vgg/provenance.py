@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from vgg.data.shard_samples import ShardSamples
+
 PACKAGE = "vgg-reproduced"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # git answers in milliseconds; a hung one (a stale network mount) must not hold up a run.
@@ -123,14 +125,18 @@ def split_fingerprint(dataset: Dataset, root: str | os.PathLike) -> dict[str, An
     base, indices = _index(dataset)
     chosen = range(len(base)) if indices is None else indices
     digest = hashlib.sha256("\t".join(getattr(base, "classes", ())).encode() + b"\n")
-    # Paths: a list, or the readers' FileList (a Sequence sharing one bytes buffer).
+    # Paths: a list, or the readers' FileList (a Sequence sharing one bytes buffer), or a
+    # shard set's names of the files it holds, relative to their data root already.
     if isinstance(getattr(base, "files", None), Sequence):
         prefix = str(Path(root) / "_")[:-1]  # how the readers join root and file names
 
-        def relative(name: str) -> str:  # by a string cut: os.path.relpath x 1.28M is slow
+        def relative(i: int) -> str:  # by a string cut: os.path.relpath x 1.28M is slow
+            if isinstance(base.files, ShardSamples):
+                return str(base.files.names[i])
+            name = base.files[i]
             return name[len(prefix):] if name.startswith(prefix) else os.path.relpath(name, root)
 
-        entries = sorted(f"{relative(base.files[i])}\t{int(base.labels[i])}" for i in chosen)
+        entries = sorted(f"{relative(i)}\t{int(base.labels[i])}" for i in chosen)
         digest.update("\n".join(entries).encode())
     elif isinstance(getattr(base, "images", None), np.ndarray):
         selection = np.asarray(list(chosen), dtype=np.int64)

@@ -27,6 +27,7 @@ from vgg.data import (
 from vgg.data.gpu import BatchTrainTransform, JpegLoader
 from vgg.data.resident import ResidentLoader
 from vgg.data.sampling import ResumableSampler, SeededSamples, ShardSampler
+from vgg.data.shard_samples import ShardSamples
 from vgg.errors import UserError
 from vgg.run_log import warn
 from vgg.transforms import PAPER_INPUT_STD, single_test_scale
@@ -131,13 +132,24 @@ def train_batches(cfg: Any, train_set: Dataset, micro: int, rank: int, world: in
     (cpu), or the device augmenting whole batches of the same TrainTransform (gpu): the
     in-memory datasets held on the device, image files decoded there. All three deal the
     same order (ResumableSampler) and resume at (epoch, position)."""
-    if cfg.data_pipeline == "workers":
-        sampler = ResumableSampler(len(train_set), cfg.seed, rank, world, with_seeds=True)
-        return build_loader(SeededSamples(train_set), micro, train=True, workers=cfg.workers,
-                            drop_last=False, sampler=sampler)
     dataset, indices = train_set, list(range(len(train_set)))
     if isinstance(train_set, Subset):  # --train_subset
         dataset, indices = train_set.dataset, list(train_set.indices)
+    sharded = isinstance(getattr(dataset, "files", None), ShardSamples)
+    if cfg.shuffle == "shard" and not sharded:
+        raise ConfigError("--shuffle shard orders a shard set's images by shard, and "
+                          f"--data_root {cfg.data_root} holds image files or arrays: write a "
+                          "shard set (python -m vgg.data.shards) or use --shuffle global")
+    if cfg.data_pipeline == "workers":
+        chunks = dataset.files.shard[indices] if cfg.shuffle == "shard" else None
+        sampler = ResumableSampler(len(train_set), cfg.seed, rank, world, with_seeds=True,
+                                   chunks=chunks)
+        return build_loader(SeededSamples(train_set), micro, train=True, workers=cfg.workers,
+                            drop_last=False, sampler=sampler)
+    if sharded:
+        raise ConfigError("--data_pipeline device decodes image files on the device, and "
+                          f"--data_root {cfg.data_root} is a shard set: use --data_pipeline "
+                          "workers, or train on the image files")
     transform = BatchTrainTransform(dataset.transform)  # the TrainTransform built above
     common = {"device": device, "seed": cfg.seed, "rank": rank, "world": world}
     labels = dataset.labels[indices]

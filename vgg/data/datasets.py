@@ -10,9 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vgg.data.decoding import decode_image
 from vgg.data.errors import DatasetError, UnreadableImageError
-from vgg.data.imageset import ImageSet
+from vgg.data.imageset import ImageSet, decode_at
 from vgg.data.splits import split_images
 
 ON_CORRUPT = ("skip", "error")
@@ -34,7 +33,8 @@ class ArrayDataset(Dataset):
 
 class ImageFileDataset(Dataset):
     """Labelled image files, decoded on access (never up front: ImageNet has 1.28M), their
-    paths held as a FileList: arrays a forked loader worker shares, not Python strings.
+    paths held as a FileList: arrays a forked loader worker shares, not Python strings; or
+    the same images read from a shard set's shards (ShardSamples), alike in every other way.
 
     A file that cannot be decoded (truncated ones included) raises UnreadableImageError with
     on_corrupt="error". With "skip" the next readable image takes its place, so batches keep
@@ -58,7 +58,7 @@ class ImageFileDataset(Dataset):
             i = (index + offset) % len(self)
             if self.unreadable[i]:
                 continue
-            image = decode_image(self.files[i])
+            image = decode_at(self.files, i)
             if image is not None:
                 return self.transform(image), int(self.labels[i])
             if self.on_corrupt == "error":

@@ -82,6 +82,12 @@ def decode_image(path: str) -> np.ndarray | None:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError:
         return None
+    return decode_bytes(data)
+
+
+def decode_bytes(data: np.ndarray) -> np.ndarray | None:
+    """An image file's bytes (a uint8 array) decoded as ``decode_image`` decodes the file:
+    the same pixels, or None where it would give None."""
     if data.size == 0:  # OpenCV 5 raises on an empty buffer
         return None
     if data[:2].tobytes() == JPEG_START and not jpeg_is_complete(data.tobytes()):

@@ -8,21 +8,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vgg.data.decoding import decode_image
 from vgg.data.errors import DatasetError
 from vgg.data.file_list import FileList
+from vgg.data.shard_samples import ShardSamples
 
 
 @dataclass(frozen=True)
 class ImageSet:
     """Labelled images of one split: a uint8 array in memory, (N, H, W) or (N, H, W, 3), or
-    image files decoded on access, given as any sequence of paths and held as a FileList."""
+    image files decoded on access, given as any sequence of paths and held as a FileList, or
+    the same images in a shard set's tar shards (ShardSamples)."""
 
-    images: np.ndarray | FileList
+    images: np.ndarray | FileList | ShardSamples
     labels: np.ndarray  # int64, indices into classes
     classes: tuple[str, ...]
 
     def __post_init__(self):
-        if not isinstance(self.images, np.ndarray | FileList):  # a reader's list of paths
+        if not isinstance(self.images, np.ndarray | FileList | ShardSamples):  # a list of paths
             object.__setattr__(self, "images", FileList.of(map(str, self.images)))
 
     def __len__(self) -> int:
@@ -52,3 +55,11 @@ def holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]
     order = np.random.default_rng(seed).permutation(n)
     held = round(fraction * n)
     return np.sort(order[held:]), np.sort(order[:held])
+
+
+def decode_at(images: Sequence[str], index: int) -> np.ndarray | None:
+    """Image `index` of a split's image files (paths), or of its shards (ShardSamples),
+    decoded alike: None where unreadable."""
+    if isinstance(images, ShardSamples):
+        return images.decode(index)
+    return decode_image(images[index])

@@ -126,7 +126,7 @@ def index_files(folder: Path, kind: str) -> list[Path]:
     return [real.parent / name, user_cache() / f"{digest}{name}"]
 
 
-def _offsets_of(names: FileList) -> np.ndarray:
+def offsets_of(names: FileList) -> np.ndarray:
     """The offsets ``FileList.from_offsets`` takes, of a list made by ``FileList.of``."""
     return np.concatenate([np.zeros(1, np.int64), names.ends])
 
@@ -136,16 +136,16 @@ def _write(path: Path, listing: Listing) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with replace_atomically(path, "wb") as f:
         np.savez(f, format=np.int64(FORMAT), class_names=classes.buffer,
-                 class_offsets=_offsets_of(classes),
+                 class_offsets=offsets_of(classes),
                  stamps=np.array(listing.state.stamps, np.int64), counts=listing.counts,
-                 paths=files.buffer, offsets=_offsets_of(files))
+                 paths=files.buffer, offsets=offsets_of(files))
 
 
 class DamagedIndex(ValueError):
     """An index file whose arrays do not fit together."""
 
 
-def _names(data: np.lib.npyio.NpzFile, buffer: str, offsets: str) -> FileList:
+def stored_names(data: np.lib.npyio.NpzFile, buffer: str, offsets: str) -> FileList:
     """The names stored as ``data[buffer]`` cut at ``data[offsets]``, checked to fit."""
     values, bounds = data[buffer], data[offsets]
     if values.dtype != np.uint8 or values.ndim != 1 or bounds.dtype != np.int64 \
@@ -161,13 +161,13 @@ def _read(path: Path, kind: str, state: TreeState) -> Listing | None:
     with np.load(path, allow_pickle=False) as data:
         if data["format"].shape != () or int(data["format"]) != FORMAT:
             return None
-        classes = tuple(_names(data, "class_names", "class_offsets"))
+        classes = tuple(stored_names(data, "class_names", "class_offsets"))
         stamps = data["stamps"]
         if stamps.dtype != np.int64 or stamps.shape != (len(classes) + 1, 3):
             raise DamagedIndex("its tree state has the wrong shape")
         if TreeState(classes, tuple(map(tuple, stamps.tolist()))) != state:
             return None
-        counts, files = data["counts"], _names(data, "paths", "offsets")
+        counts, files = data["counts"], stored_names(data, "paths", "offsets")
         if counts.dtype != np.int64 or counts.shape != (0 if kind == "flat" else len(classes),) \
                 or (counts < 0).any() or (kind != "flat" and counts.sum() != len(files)):
             raise DamagedIndex("its class sizes do not add up to its files")

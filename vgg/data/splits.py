@@ -18,6 +18,7 @@ from pathlib import Path
 from vgg.data.errors import DatasetError
 from vgg.data.imageset import ImageSet, holdout
 from vgg.data.registry import DatasetSpec, registered
+from vgg.data.shard_set import is_shard_set, read_shard_set
 
 SPLITS = ("train", "val", "test")
 DEFAULT_VAL_FRACTION = 0.1  # the share held out where a dataset has no validation split
@@ -40,7 +41,9 @@ def _split_images(name: str, split: str, root: str | os.PathLike,
         raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
     if val_fraction is not None and not 0 < val_fraction < 1:
         raise DatasetError(f"--val_fraction must be in (0, 1), got {val_fraction}")
-    read, root = registered(name).read, Path(root)
+    root = Path(root)
+    # A shard set (python -m vgg.data.shards) holds any dataset's splits as its files do.
+    read = read_shard_set if is_shard_set(root) else registered(name).read
 
     def required(part: str) -> ImageSet:
         images = read(root, part, download)

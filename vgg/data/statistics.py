@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vgg.data.decoding import decode_image
 from vgg.data.errors import UnreadableImageError
+from vgg.data.imageset import decode_at
 
 MIN_STD = 1 / 255  # the smallest std a normalisation divides by: one grey level
 BLOCK_PIXELS = 2**20
@@ -21,10 +21,9 @@ def image_statistics(images: Sequence[str] | np.ndarray, max_images: int | None 
     256 are enough for the statistics to settle to ~0.01) or a uint8 array (N, H, W[, C]) of
     images as the network sees them (MNIST padded to 32x32, say)."""
     chosen = np.random.default_rng(seed).permutation(len(images))[:max_images]
-    in_memory = isinstance(images, np.ndarray)
     histograms = None  # per channel, how many pixels have each of the 256 values
     for i in chosen:
-        image = images[i] if in_memory else decode_image(images[i])
+        image = images[i] if isinstance(images, np.ndarray) else decode_at(images, i)
         if image is None:
             continue
         pixels = image.reshape(image.shape[0] * image.shape[1], -1)
