@@ -29,6 +29,7 @@ import dataclasses
 import difflib
 import inspect
 import re
+import sys
 import textwrap
 import types
 import typing
@@ -313,18 +314,13 @@ def _source_lines(cls: type) -> list[str]:
 
 class _Boolean(argparse.Action):
     """A boolean field's flag: alone it means true (``--deterministic``), with a value that
-    value (``--deterministic false``); ``--no-deterministic`` means false."""
+    value (``--deterministic false``). Its ``--no-deterministic`` (false) is a flag of its own
+    that takes no value, so that a bare argument after it stays one (``--no-flip cat.jpg``)."""
 
     def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
-        negated = [f"--no-{flag[2:]}" for flag in option_strings]
-        super().__init__([*option_strings, *negated], dest, nargs="?", **kwargs)
+        super().__init__(option_strings, dest, nargs="?", **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        if option_string.startswith("--no-"):
-            if values is not None:
-                raise argparse.ArgumentError(self, f"{option_string} takes no value (it means "
-                                                   f"false; --{self.dest} {values} sets one)")
-            values = "false"
         bare = [a.metavar for a in parser._get_positional_actions()]
         if bare and values is not None and not isinstance(_parse_text(values), bool) \
                 and values.lower() not in NULLS:
@@ -461,12 +457,17 @@ def build_parser(cls: type, description: str = "", prog: str | None = None
                 f.name, metavar=_metavar(f, tp), help=text.replace("%", "%%"),
                 nargs="?" if _sequence_args(tp) is None else "*")
             continue
-        flag = ({"action": _Boolean} if tp is bool or tp == bool | None else
+        boolean = tp is bool or tp == bool | None
+        flag = ({"action": _Boolean} if boolean else
                 {"nargs": "+" if _sequence_args(tp) is not None else None})
         groups[section].add_argument(
             *_spellings(f.name), dest=f.name, metavar=_metavar(f, tp), **flag,
             # argparse %-formats help: a comment's "10%" must reach it as "10%%"
             help=f"{text} (default: {_shown(default)})".replace("%", "%%"))
+        if boolean:  # said once, in the epilog
+            groups[section].add_argument(
+                *(f"--no-{s[2:]}" for s in _spellings(f.name)), dest=f.name,
+                action="store_const", const="false", help=argparse.SUPPRESS)
     return parser
 
 
@@ -485,6 +486,11 @@ def parse_args(cls: type, argv: Sequence[str] | None,
         flags = [r.split("=")[0] for r in rest if r.startswith("--")]
         if flags:
             raise _unknown_flags(flags, parser)
+        given = list(sys.argv[1:] if argv is None else argv)
+        for flag, value in zip(given, given[1:], strict=False):
+            if flag.startswith("--no-") and value == rest[0]:
+                raise ConfigError(f"{flag} takes no value (it means false; --{flag[5:]} "
+                                  f"{value} sets one)")
         raise ConfigError(f"unexpected command-line arguments {rest}; " + (
             f"usage: {usage}" if _positionals(cls) else "every option is --key value"))
     bare_names = [f.name for f in _positionals(cls)]
