@@ -486,8 +486,8 @@ def parse_args(cls: type, argv: Sequence[str] | None,
         flags = [r.split("=")[0] for r in rest if r.startswith("--")]
         if flags:
             raise _unknown_flags(flags, parser)
-        given = list(sys.argv[1:] if argv is None else argv)
-        for flag, value in zip(given, given[1:], strict=False):
+        words = list(sys.argv[1:] if argv is None else argv)
+        for flag, value in zip(words, words[1:], strict=False):
             if flag.startswith("--no-") and value == rest[0]:
                 raise ConfigError(f"{flag} takes no value (it means false; --{flag[5:]} "
                                   f"{value} sets one)")
