@@ -1,6 +1,8 @@
-"""Every default of the two tools, as plain typed values: ``Config`` for train.py,
-``EvalConfig`` for evaluate.py. Edit them here, override them with ``--config <file>.yaml``
-and then with ``--key value`` flags (see vgg/configuration.py).
+"""Every default of the root commands, as plain typed values: ``Config`` for train.py,
+``EvalConfig`` for evaluate.py, ``PredictConfig`` for predict.py (the vgg package's commands
+declare theirs beside their code: vgg.export, vgg.plot, vgg.results). Edit them here,
+override them with ``--config <file>.yaml`` and then with ``--key value`` flags (see
+vgg/configuration.py).
 Training defaults follow the paper (Sec. 3.1): ImageNet, SGD momentum 0.9, weight decay 5e-4,
 batch 256, lr 1e-2 divided by 10 on a validation plateau at most 3 times, 74 epochs.
 Evaluation defaults follow Sec. 3.2: dense evaluation at the single test scale, in fp32."""
@@ -12,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vgg.configuration import ConfigError
+from vgg.configuration import ConfigError, positional
 from vgg.evaluation import PROTOCOLS
 from vgg.model import INITS, VERSIONS
 from vgg.precision import PRECISIONS
@@ -43,6 +45,19 @@ def choice(default, choices):
 def shown_as(default, metavar):
     """A field whose value ``--help`` shows as ``metavar`` (``SMIN,SMAX``)."""
     return field(default=default, metadata={"metavar": metavar})
+
+
+def device_option():
+    """``--device`` of every command that runs a network: one spelling, one default."""
+    return field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda, "
+                                                   "cuda:N"})
+
+
+def precision_option(default: str):
+    """``--precision`` of every command that runs a network: vgg.precision's choices."""
+    return field(default=default, metadata={
+        "choices": PRECISIONS, "help": "auto = bf16 autocast on a GPU that has it, fp16 on an "
+                                       "older GPU, fp32 on a CPU"})
 
 
 @dataclass
@@ -110,7 +125,7 @@ class Config:
     min_lr: float = 0.0  # cosine: final learning rate
     # --- precision and speed ---
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
-    precision: str = choice("auto", ("auto", "bf16", "fp16", "fp32"))  # auto = bf16 on GPU
+    precision: str = precision_option("auto")  # auto = bf16 on GPU
     channels_last: bool | None = None  # NHWC memory format; None = on for GPU, off for CPU
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute conv stages in backward: less memory
@@ -277,8 +292,8 @@ class EvalConfig:
     # --- execution ---
     batch_size: int = 64  # network inputs (image_size crops) per forward pass
     workers: int = min(4, os.cpu_count() or 1)  # data-loading processes (0 = in-process)
-    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
-    precision: str = choice("fp32", PRECISIONS)  # fp32, as the paper's numbers were
+    device: str = device_option()
+    precision: str = precision_option("fp32")  # fp32, as the paper's numbers were
     out: str | None = None  # results JSON; None = eval_<...>.json beside the checkpoint
     progress: bool = True  # tqdm bar on a terminal; else (or false) a line per 10% done
 
@@ -310,3 +325,32 @@ class EvalConfig:
         if self.out is not None and Path(self.out).is_dir():
             raise ConfigError(f"--out {self.out} is a directory; give a file name for the "
                               f"results JSON, e.g. --out {Path(self.out) / 'results.json'}")
+
+
+@dataclass
+class PredictConfig:
+    # --- what to predict ---
+    inputs: list[str] = positional("IMAGE_OR_FOLDER", [])  # images; folders searched recursively
+    checkpoint: str | None = field(default=None, metadata={"metavar": "RUN_OR_FILE", "help": (
+        "a run directory (its best.pt), a checkpoint, a torchvision VGG state dict file or "
+        "weights name, an exported Hub-style folder or .safetensors file; none = the newest "
+        "runs/<run>/best.pt")})
+    top_k: int = 5  # classes listed per image
+    # --- protocol ---
+    protocol: str = choice("center", PROTOCOLS)  # centre crop, or the whole image densely
+    scale: int | None = shown_as(None, "Q")  # test scale Q; None = Sec. 3.2's single Q for S
+    flip: bool | None = None  # dense/multicrop: add the mirror; None = if training flipped
+    # --- execution ---
+    out: str | None = shown_as(None, "FILE.csv|FILE.json")  # also write the predictions there
+    batch_size: int = 32  # network inputs (crops of the network's image size) per pass
+    workers: int = 0  # image-decoding processes (0 = in-process)
+    device: str = device_option()
+    precision: str = precision_option("auto")
+    progress: bool = True  # a bar on a terminal for a folder; else (or false) a line per 10%
+
+    def validate(self) -> None:
+        """Checks of single values (types and choices are checked generically)."""
+        for flag, least in (("top_k", 1), ("batch_size", 1), ("workers", 0)):
+            if getattr(self, flag) < least:
+                raise ConfigError(f"--{flag} must be at least {least}, got "
+                                  f"{getattr(self, flag)}")

@@ -263,10 +263,8 @@ def check_device(name: str) -> None:
 
 
 def evaluate_networks(argv: list[str] | None) -> int:
-    cfg, args = configuration.parse_args(EvalConfig, argv, description=__doc__,
-                                         prog="evaluate.py")
-    if getattr(args, "print_config", False):
-        print(configuration.to_yaml(cfg), end="")
+    cfg = configuration.command_config(EvalConfig, argv, __doc__, "evaluate.py")
+    if cfg is None:  # --print_config
         return 0
     networks = load_networks(cfg)
     first = networks[0]

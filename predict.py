@@ -11,13 +11,16 @@ single test scale Q of Sec. 3.2 (S, or the middle of a jittered range), then the
 crop (``--protocol center``) or the whole image through the fully-convolutional net
 (``dense``). Torchvision's weights are prepared as torchvision's reference pipeline does
 (ImageNet mean/std, PIL's antialiased resize to 256, 224 crop). Folders are searched
-recursively for image files. Unreadable files are listed at the end, never fatal. Flags
-are ``--key value``; booleans take ``true`` or ``false``. Bad input exits with status 2.
+recursively for image files. Unreadable files are listed at the end, never fatal.
+
+Every option is a field of ``config.PredictConfig``, set from a YAML file (``--config``) and
+then by flags spelled as train.py's (``--top_k 3``, ``--flip``, ``--no-flip``); the images
+may stand anywhere among them. ``--print_config`` shows the result. Bad input exits with
+status 2 and a one-paragraph message.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -30,12 +33,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import dataset_class  # noqa: F401  (a user's own registered datasets)
+from config import PredictConfig
+from vgg import configuration
 from vgg.atomic import check_free_space, check_output, replace_atomically
 from vgg.checkpoint import newest_run
-from vgg.configuration import coerce
 from vgg.data import IMAGE_EXTENSIONS, dataset_spec, decode_image
 from vgg.errors import UserError, run_cli
-from vgg.evaluation import PROTOCOLS, Evaluator
+from vgg.evaluation import Evaluator
 from vgg.pretrained import model_from_weights, preprocessing_of, read_weights
 from vgg.progress import Progress, plain_progress
 from vgg.transforms import EvalTransform, single_test_scale
@@ -45,42 +49,6 @@ OUTPUT_FORMATS = (".csv", ".json")
 
 class PredictError(UserError, ValueError):
     """Input that cannot be predicted on; printed as a one-paragraph error, exit 2."""
-
-
-def boolean(text: str) -> bool:
-    return coerce("flag", text, bool, from_text=True)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="predict.py", description=__doc__.split("\n\n")[0], allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
-                        help="image files, and folders searched recursively for images")
-    parser.add_argument("--checkpoint", metavar="RUN_OR_FILE",
-                        help="a run directory (its best.pt), a checkpoint, a torchvision VGG "
-                             "state dict file or weights name, an exported Hub-style folder "
-                             "or .safetensors file (default: the newest runs/<run>/best.pt)")
-    parser.add_argument("--top_k", type=int, default=5, help="classes listed per image")
-    parser.add_argument("--protocol", default="center", choices=PROTOCOLS,
-                        help="centre crop, or the whole image densely (Sec. 3.2)")
-    parser.add_argument("--scale", type=int, metavar="Q",
-                        help="test scale Q, the rescaled smallest side (default: Sec. 3.2's "
-                             "single Q for the recorded training scale)")
-    parser.add_argument("--flip", type=boolean, metavar="BOOL",
-                        help="dense/multicrop: also average the mirror image (default: true "
-                             "unless the training data is never flipped, e.g. digits)")
-    parser.add_argument("--out", type=Path, metavar="FILE.csv|FILE.json",
-                        help="also write the predictions (and the unreadable files) there")
-    parser.add_argument("--batch_size", type=int, default=32,
-                        help="network inputs (crops of the network's image size) per pass")
-    parser.add_argument("--workers", type=int, default=0, help="image-decoding processes")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    parser.add_argument("--progress", type=boolean, default=True, metavar="BOOL",
-                        help="a progress bar on a terminal when a folder is given; else (or "
-                             "false) a line per 10%% done")
-    return parser
 
 
 def find_images(inputs: Sequence[str]) -> tuple[list[Path], bool]:
@@ -216,16 +184,16 @@ def write_results(path: Path, rows: list[dict[str, Any]], unreadable: list[str],
             writer.writerow([file, *[""] * (2 * k), "unreadable"])
 
 
-def run(args: argparse.Namespace) -> int:
-    for flag, value, least in (("--top_k", args.top_k, 1), ("--batch_size", args.batch_size, 1),
-                               ("--workers", args.workers, 0)):
-        if value < least:
-            raise PredictError(f"{flag} must be at least {least}, got {value}")
-    device = resolve_device(args.device)
-    files, folder_given = find_images(args.inputs)
-    if args.out is not None:
-        check_out(args.out, len(files), args.top_k)
-    source = args.checkpoint or newest_run()
+def run(argv: list[str] | None) -> int:
+    cfg = configuration.command_config(PredictConfig, argv, __doc__, "predict.py")
+    if cfg is None:  # --print_config
+        return 0
+    device = resolve_device(cfg.device)
+    files, folder_given = find_images(cfg.inputs)
+    out = None if cfg.out is None else Path(cfg.out)
+    if out is not None:
+        check_out(out, len(files), cfg.top_k)
+    source = cfg.checkpoint or newest_run()
     weights = read_weights(source)
     preprocessing = preprocessing_of(weights)
     model = model_from_weights(weights)
@@ -233,25 +201,25 @@ def run(args: argparse.Namespace) -> int:
     if "classes" not in (weights.preprocessing or {}):
         print(f"note: {weights.source} records no class names: classes are numbered 0 to "
               f"{len(classes) - 1}", file=sys.stderr)
-    scale = args.scale or single_test_scale(tuple(preprocessing["train_scale"]))
+    scale = cfg.scale or single_test_scale(tuple(preprocessing["train_scale"]))
     if scale < model.image_size:
         raise PredictError(f"--scale {scale} is below the network's image size "
                            f"{model.image_size}: the rescaled smallest side must hold a crop")
     transform = EvalTransform(scale, None, preprocessing["mean"], preprocessing["std"],
                               antialias=preprocessing["resize"] == "antialias")
-    flip = flips_by_default(preprocessing) if args.flip is None else args.flip
-    evaluator = Evaluator([model], args.protocol, device=device,
-                          precision=args.precision, batch_size=args.batch_size, flip=flip)
-    images_per_pass = max(1, int(args.batch_size // evaluator.inputs_per_image([scale])))
+    flip = flips_by_default(preprocessing) if cfg.flip is None else cfg.flip
+    evaluator = Evaluator([model], cfg.protocol, device=device,
+                          precision=cfg.precision, batch_size=cfg.batch_size, flip=flip)
+    images_per_pass = max(1, int(cfg.batch_size // evaluator.inputs_per_image([scale])))
     loader = DataLoader(ImageFiles(files, transform, model.features[0].in_channels),
-                        batch_size=images_per_pass, num_workers=args.workers,
+                        batch_size=images_per_pass, num_workers=cfg.workers,
                         collate_fn=as_list)
-    print(f"{len(files)} image(s), network {weights.source}, {args.protocol} at Q={scale}",
+    print(f"{len(files)} image(s), network {weights.source}, {cfg.protocol} at Q={scale}",
           file=sys.stderr)
     # Progress on stderr: stdout holds the predictions, a line per image.
     progress = Progress(len(files), "predicting", show=folder_given,
-                        bar=not plain_progress(args.progress), file=sys.stderr)
-    predictions, unreadable_indices = predict(evaluator, loader, classes, args.top_k, progress)
+                        bar=not plain_progress(cfg.progress), file=sys.stderr)
+    predictions, unreadable_indices = predict(evaluator, loader, classes, cfg.top_k, progress)
     rows = [{"file": str(files[p["index"]]), "top_k": p["top_k"]} for p in predictions]
     unreadable = [str(files[i]) for i in unreadable_indices]
     for row in rows:
@@ -260,18 +228,17 @@ def run(args: argparse.Namespace) -> int:
     if unreadable:
         print(f"could not read {len(unreadable)} file(s): " + ", ".join(unreadable),
               file=sys.stderr)
-    if args.out is not None:
-        write_results(args.out, rows, unreadable, {
-            "checkpoint": weights.source, "protocol": args.protocol, "scale": scale,
+    if out is not None:
+        write_results(out, rows, unreadable, {
+            "checkpoint": weights.source, "protocol": cfg.protocol, "scale": scale,
             "flip": flip, "preprocessing": {k: v for k, v in preprocessing.items()
                                             if k != "classes"}})
-        print(f"predictions: {args.out}", file=sys.stderr)
+        print(f"predictions: {out}", file=sys.stderr)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_cli(lambda: run(args), "predict.py")
+    return run_cli(lambda: run(argv), "predict.py")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,21 @@
-"""The one configuration system of both command-line tools: a dataclass (``config.Config``
-for train.py, ``config.EvalConfig`` for evaluate.py) is the whole configuration; its fields
-become ``--flags``, a YAML file (``yaml.safe_load``) can override them, and every value is
-checked against the field's type and declared choices. Precedence: dataclass defaults <
-``base`` dict (e.g. a resumed run's saved config) < ``--config file.yaml`` < ``--key value``.
+"""The one configuration system of every command: a dataclass (``config.Config`` for train.py,
+``config.EvalConfig`` for evaluate.py, ``config.PredictConfig`` for predict.py, and in the
+vgg package the commands' own: ``ExportConfig``, ``PlotConfig``, ``ResultsConfig``,
+``SummaryConfig``) is the whole configuration; its fields become ``--flags``, a YAML file
+(``yaml.safe_load``) can override them, and every value is checked against the field's type
+and declared choices. Precedence: dataclass defaults < ``base`` dict (e.g. a resumed run's
+saved config) < ``--config file.yaml`` < ``--key value``.
 
-Flags are spelled the same way in both tools, with underscores or dashes (``--batch_size``
+Flags are spelled the same way in every command, with underscores or dashes (``--batch_size``
 = ``--batch-size``): booleans ``--flip`` (true), ``--no-flip`` or ``--flip true|false``;
 list and tuple fields take space- or comma-separated values (``--scale 256 384`` =
 ``--scale 256,384``, ``--train_scale 256,512``); ``none`` sets an optional field to None.
 Choices of text fields are case-insensitive (``--dataset cifar10`` is ``Cifar10``). A
 flag argparse cannot read is a ConfigError too (one paragraph, exit code 2).
+
+A field declared with :func:`positional` is also given bare on the command line
+(``predict.py cat.jpg dog.png``), as written (never split at commas), before, after or
+between the flags; it must end up with a value, from there or from ``--config``.
 
 Declare choices next to the field: ``field(default="sgd", metadata={"choices": ("sgd",
 "adamw")})``; ``choices`` may be a zero-argument callable, evaluated only when checked, so a
@@ -23,6 +29,7 @@ import dataclasses
 import difflib
 import inspect
 import re
+import sys
 import textwrap
 import types
 import typing
@@ -38,6 +45,21 @@ from vgg.errors import UserError, short_repr
 
 class ConfigError(UserError, ValueError):
     """A configuration value, key or file a user has to fix."""
+
+
+def positional(metavar: str, default: Any = None, help: str = "") -> Any:
+    """A field that is also the command's bare argument, shown as ``metavar``: a list field
+    takes any number (``IMAGE [IMAGE ...]``), another field one. ``default`` (a list is
+    copied per instance) applies when neither the command line nor ``--config`` gives one;
+    without a default, one of them must. ``help``: where the field's comment is too short."""
+    metadata = {"positional": True, "metavar": metavar, "help": help}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _positionals(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("positional")]
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -292,18 +314,20 @@ def _source_lines(cls: type) -> list[str]:
 
 class _Boolean(argparse.Action):
     """A boolean field's flag: alone it means true (``--deterministic``), with a value that
-    value (``--deterministic false``); ``--no-deterministic`` means false."""
+    value (``--deterministic false``). Its ``--no-deterministic`` (false) is a flag of its own
+    that takes no value, so that a bare argument after it stays one (``--no-flip cat.jpg``)."""
 
     def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
-        negated = [f"--no-{flag[2:]}" for flag in option_strings]
-        super().__init__([*option_strings, *negated], dest, nargs="?", **kwargs)
+        super().__init__(option_strings, dest, nargs="?", **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        if option_string.startswith("--no-"):
-            if values is not None:
-                raise argparse.ArgumentError(self, f"{option_string} takes no value (it means "
-                                                   f"false; --{self.dest} {values} sets one)")
-            values = "false"
+        bare = [a.metavar for a in parser._get_positional_actions()]
+        if bare and values is not None and not isinstance(_parse_text(values), bool) \
+                and values.lower() not in NULLS:
+            # "predict.py --flip cat.jpg": the flag took the image as its value
+            raise argparse.ArgumentError(self, f"{values!r} is not true or false; a flag alone "
+                                               f"must come after {bare[0]} (or write "
+                                               f"{option_string} true)")
         setattr(namespace, self.dest, "true" if values is None else values)
 
 
@@ -327,6 +351,8 @@ class _Help(argparse.RawDescriptionHelpFormatter):
     ``--no-`` spelling are said once, in the epilog); the description keeps its layout."""
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings:  # a positional field: its metavar
+            return super()._format_action_invocation(action)
         if action.nargs == 0:  # -h, --help; --print_config
             return ", ".join(s for s in action.option_strings if "-" not in s[2:])
         if isinstance(action, _Boolean):
@@ -382,15 +408,31 @@ SPELLING = textwrap.fill(
     "file.", width=79)
 
 
+def _usage(cls: type) -> str:
+    """The usage line: the options, then the positional fields (``[X ...]`` where the
+    field has a default, so that the command runs without them)."""
+    hints, defaults = _hints(cls), cls()
+    words = ["%(prog)s [--config FILE.yaml] [--OPTION VALUE ...]"]
+    for f in _positionals(cls):
+        metavar = f.metadata["metavar"]
+        optional = getattr(defaults, f.name) not in (None, [])
+        if _sequence_args(hints[f.name]) is None:
+            words.append(f"[{metavar}]" if optional else metavar)
+        else:
+            words.append(f"[{metavar} ...]" if optional else f"{metavar} [{metavar} ...]")
+    return " ".join(words)
+
+
 def build_parser(cls: type, description: str = "", prog: str | None = None
                  ) -> argparse.ArgumentParser:
     """``--config``, ``--print_config`` and one ``--<field>`` per dataclass field (dash
-    spellings too: ``--batch-size``), in groups by the class's ``# --- section ---``
-    comments; a field's help is its one-line comment in the source. ``description`` is
-    the tool's module docstring (its summary and examples open ``--help``)."""
+    spellings too: ``--batch-size``), or a bare argument for a :func:`positional` field, in
+    groups by the class's ``# --- section ---`` comments; a field's help is its one-line
+    comment in the source, else its ``help`` metadata (an option shared by several
+    commands). ``description`` is the tool's module docstring (its summary and examples
+    open ``--help``)."""
     parser = _Parser(prog=prog, description=help_text(description), epilog=SPELLING,
-                     usage="%(prog)s [--config FILE.yaml] [--OPTION VALUE ...]",
-                     allow_abbrev=False, argument_default=argparse.SUPPRESS,
+                     usage=_usage(cls), allow_abbrev=False, argument_default=argparse.SUPPRESS,
                      formatter_class=_Help)
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of key: value "
                         "options (a run's config.yaml, a preset in configs/)")
@@ -406,13 +448,26 @@ def build_parser(cls: type, description: str = "", prog: str | None = None
         if section not in groups:
             groups[section] = parser.add_argument_group(section)
         tp = hints[f.name]
-        flag = ({"action": _Boolean} if tp is bool or tp == bool | None else
+        text = comments.get(f.name) or f.metadata.get("help", "")
+        default = getattr(defaults, f.name)
+        if f.metadata.get("positional"):
+            if default not in (None, []):
+                text += f" (default: {_shown(default)})"
+            groups[section].add_argument(
+                f.name, metavar=_metavar(f, tp), help=text.replace("%", "%%"),
+                nargs="?" if _sequence_args(tp) is None else "*")
+            continue
+        boolean = tp is bool or tp == bool | None
+        flag = ({"action": _Boolean} if boolean else
                 {"nargs": "+" if _sequence_args(tp) is not None else None})
         groups[section].add_argument(
             *_spellings(f.name), dest=f.name, metavar=_metavar(f, tp), **flag,
             # argparse %-formats help: a comment's "10%" must reach it as "10%%"
-            help=f"{comments.get(f.name, '')} (default: {_shown(getattr(defaults, f.name))})"
-            .replace("%", "%%"))
+            help=f"{text} (default: {_shown(default)})".replace("%", "%%"))
+        if boolean:  # said once, in the epilog
+            groups[section].add_argument(
+                *(f"--no-{s[2:]}" for s in _spellings(f.name)), dest=f.name,
+                action="store_const", const="false", help=argparse.SUPPRESS)
     return parser
 
 
@@ -424,25 +479,58 @@ def parse_args(cls: type, argv: Sequence[str] | None,
     flag values and returning one, or None) sits between the defaults and the YAML file.
     Returns the checked config and the namespace (for ``print_config``)."""
     parser = build_parser(cls, description, prog)
-    args, rest = parser.parse_known_args(argv)
+    # Intermixed: bare arguments may stand before, after and between the flags.
+    args, rest = parser.parse_known_intermixed_args(argv)
+    usage = parser.format_usage().strip()[len("usage: "):]
     if rest:
         flags = [r.split("=")[0] for r in rest if r.startswith("--")]
         if flags:
             raise _unknown_flags(flags, parser)
-        raise ConfigError(f"unexpected command-line arguments {rest}; every option is "
-                          f"--key value")
-    flags = {k: v for k, v in vars(args).items() if k not in ("config", "print_config")}
+        words = list(sys.argv[1:] if argv is None else argv)
+        for flag, value in zip(words, words[1:], strict=False):
+            if flag.startswith("--no-") and value == rest[0]:
+                raise ConfigError(f"{flag} takes no value (it means false; --{flag[5:]} "
+                                  f"{value} sets one)")
+        raise ConfigError(f"unexpected command-line arguments {rest}; " + (
+            f"usage: {usage}" if _positionals(cls) else "every option is --key value"))
+    bare_names = [f.name for f in _positionals(cls)]
+    flags = {k: v for k, v in vars(args).items()
+             if k not in ("config", "print_config", *bare_names)}
+    # Bare arguments are taken as written: a file name is never YAML-parsed or split at ",".
+    bare = {k: v for k, v in vars(args).items() if k in bare_names}
+
+    def given(config: Any) -> Any:
+        return apply(apply(config, flags, "command-line flags", from_text=True), bare,
+                     "the command line")
+
     config = cls()
     # Apply flags once first so that ``base`` may depend on them (e.g. --resume).
-    flagged = apply(config, flags, "command-line flags", from_text=True)
+    flagged = given(config)
     if callable(base):
         base = base(flagged)
     if base:
         config = apply(config, base, "the base configuration")
     if getattr(args, "config", None):
         config = apply(config, load_yaml(args.config), str(args.config))
-    config = apply(config, flags, "command-line flags", from_text=True)
+    config = given(config)
+    missing = [f for f in _positionals(cls) if getattr(config, f.name) in (None, [])]
+    if missing:
+        f = missing[0]
+        raise ConfigError(f"{f.metadata['metavar']} is missing: give it on the command line "
+                          f"({usage}) or as {f.name}: in --config FILE.yaml")
     config = check_choices(config)
     if hasattr(config, "validate"):
         config.validate()
     return config, args
+
+
+def command_config(cls: type, argv: Sequence[str] | None, description: str, prog: str
+                   ) -> Any | None:
+    """What a command runs with: the configuration :func:`parse_args` resolves from ``argv``,
+    or None when ``--print_config`` asked only to see it (printed here, as YAML that
+    ``--config`` reads back)."""
+    config, args = parse_args(cls, argv, description=description, prog=prog)
+    if getattr(args, "print_config", False):
+        print(to_yaml(config), end="")
+        return None
+    return config

@@ -41,17 +41,18 @@ as JSON strings in the ONNX models' ``metadata_props`` and the safetensors heade
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import io
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vgg import configuration
 from vgg.atomic import check_folder, check_free_space, replace_atomically
 from vgg.checkpoint import run_checkpoint
 from vgg.errors import UserError, run_cli
@@ -303,25 +304,32 @@ def export(source: str, out_dir: Path | None = None) -> list[tuple[Path | None, 
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vgg.export",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", metavar="RUN_OR_FILE",
-                        help="a run directory (its best.pt), a checkpoint or a weights file")
-    parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="output folder (default: export/ beside the checkpoint)")
-    args = parser.parse_args(argv)
+@dataclass
+class ExportConfig:
+    """The options of ``python -m vgg.export`` (vgg/configuration.py: flags and YAML)."""
+    # --- what to export ---
+    source: str | None = configuration.positional(
+        "RUN_OR_FILE", help="a run directory (its best.pt), a checkpoint or a weights file")
+    # --- output ---
+    out: str | None = field(default=None, metadata={
+        "metavar": "DIR", "help": "output folder; none = export/ beside the checkpoint"})
 
-    def run() -> int:
-        for path, note in export(args.source, args.out):
-            if path is None:
-                print(note)
-            else:
-                size = sum(f.stat().st_size for f in [path, *path.glob("*")] if f.is_file())
-                print(f"{path} ({size / 2**20:.1f} MiB): {note}")
+
+def run(argv: list[str] | None) -> int:
+    cfg = configuration.command_config(ExportConfig, argv, __doc__, "python -m vgg.export")
+    if cfg is None:  # --print_config
         return 0
+    for path, note in export(cfg.source, None if cfg.out is None else Path(cfg.out)):
+        if path is None:
+            print(note)
+        else:
+            size = sum(f.stat().st_size for f in [path, *path.glob("*")] if f.is_file())
+            print(f"{path} ({size / 2**20:.1f} MiB): {note}")
+    return 0
 
-    return run_cli(run, "python -m vgg.export")
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: run(argv), "python -m vgg.export")
 
 
 if __name__ == "__main__":

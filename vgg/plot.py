@@ -11,15 +11,16 @@ switch, so training and evaluation never need a screen and a notebook keeps its 
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vgg import configuration
 from vgg.atomic import replace_atomically
 from vgg.errors import UserError, run_cli
 from vgg.run_log import MetricsLog
@@ -251,25 +252,31 @@ def plot_confusion(confusion, class_names: Sequence[str] | None, path: str | Pat
 
 # ------------------------------------------------------------------------ command line
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m vgg.plot", description="Training curves of one run, or several on "
-        "shared axes, from their metrics files.")
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
-                        help="run directory (holding metrics.jsonl or metrics.csv) or a "
-                             "metrics file")
-    parser.add_argument("--out", type=Path, help="PNG to write (default: <RUN>/curves.png "
-                                                 "for one run, comparison.png for several)")
-    args = parser.parse_args(argv)
+@dataclass
+class PlotConfig:
+    """The options of ``python -m vgg.plot`` (vgg/configuration.py: flags and YAML)."""
+    # --- what to plot ---
+    runs: list[str] = configuration.positional(
+        "RUN", [], help="run directory (holding metrics.jsonl or metrics.csv) or a metrics file")
+    # --- output ---
+    out: str | None = field(default=None, metadata={
+        "metavar": "FILE.png", "help": "PNG to write; none = <RUN>/curves.png for one run, "
+                                       "comparison.png for several"})
 
-    def draw() -> int:
-        out = args.out or (Path("comparison.png") if len(args.runs) > 1
-                           else metrics_file(args.runs[0]).parent / CURVES_FILE)
-        plot_curves(args.runs, out)
-        print(out)
+
+def draw(argv: list[str] | None) -> int:
+    cfg = configuration.command_config(PlotConfig, argv, __doc__, "python -m vgg.plot")
+    if cfg is None:  # --print_config
         return 0
+    out = Path(cfg.out) if cfg.out else (Path("comparison.png") if len(cfg.runs) > 1
+                                         else metrics_file(cfg.runs[0]).parent / CURVES_FILE)
+    plot_curves(cfg.runs, out)
+    print(out)
+    return 0
 
-    return run_cli(draw, "vgg.plot")
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: draw(argv), "vgg.plot")
 
 
 if __name__ == "__main__":

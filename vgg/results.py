@@ -12,15 +12,15 @@ centre crop, torchvision's weights) go in a table of their own.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vgg import configuration
 from vgg.atomic import replace_atomically
 from vgg.errors import UserError, run_cli
 
@@ -238,26 +238,32 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m vgg.results",
-        description="Evaluation results in the layout of the paper's Tables 3-6, with the "
-                    "published errors beside them.")
-    parser.add_argument("paths", nargs="*", default=["runs"], metavar="RUN_OR_EVAL_JSON",
-                        help="run directories (searched for eval_*.json) or evaluation JSON "
-                             "files (default: runs)")
-    parser.add_argument("--csv", type=Path, help="also write every row to this CSV file")
-    args = parser.parse_args(argv)
+@dataclass
+class ResultsConfig:
+    """The options of ``python -m vgg.results`` (vgg/configuration.py: flags and YAML)."""
+    # --- what to report ---
+    paths: list[str] = configuration.positional(
+        "RUN_OR_EVAL_JSON", ["runs"],
+        help="run directories (searched for eval_*.json) or evaluation JSON files")
+    # --- output ---
+    csv: str | None = field(default=None, metadata={
+        "metavar": "FILE.csv", "help": "also write every row to this CSV file"})
 
-    def report() -> int:
-        rows = compared_rows([load_evaluation(path) for path in evaluation_files(args.paths)])
-        print(markdown_report(rows))
-        if args.csv:
-            write_csv(rows, args.csv)
-            print(f"\nCSV: {args.csv}")
+
+def report(argv: list[str] | None) -> int:
+    cfg = configuration.command_config(ResultsConfig, argv, __doc__, "python -m vgg.results")
+    if cfg is None:  # --print_config
         return 0
+    rows = compared_rows([load_evaluation(path) for path in evaluation_files(cfg.paths)])
+    print(markdown_report(rows))
+    if cfg.csv:
+        write_csv(rows, Path(cfg.csv))
+        print(f"\nCSV: {cfg.csv}")
+    return 0
 
-    return run_cli(report, "vgg.results")
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: report(argv), "vgg.results")
 
 
 if __name__ == "__main__":

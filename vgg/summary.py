@@ -108,10 +108,8 @@ class SummaryConfig:
 
 
 def print_summary(argv: list[str] | None) -> int:
-    cfg, args = configuration.parse_args(SummaryConfig, argv, description=__doc__,
-                                         prog="python -m vgg.summary")
-    if getattr(args, "print_config", False):
-        print(configuration.to_yaml(cfg), end="")
+    cfg = configuration.command_config(SummaryConfig, argv, __doc__, "python -m vgg.summary")
+    if cfg is None:  # --print_config
         return 0
     try:
         with torch.device("meta"):
