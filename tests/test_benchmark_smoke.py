@@ -18,6 +18,7 @@ from benchmarks import (
     cifar_speed,
     data_pipeline,
     evaluate_throughput,
+    first_step,
     gpu_data,
     index_startup,
     photo_folder,
@@ -29,7 +30,7 @@ from benchmarks.steps import training_flops_per_image
 ROOT = Path(__file__).parents[1]
 MODULES = ["train_throughput", "train_memory", "gpu_data", "cifar_speed", "data_pipeline",
            "evaluate_throughput", "distributed_smoke", "photo_folder", "before_after",
-           "checkpoint_save", "data_setup", "index_startup"]
+           "checkpoint_save", "data_setup", "index_startup", "first_step"]
 
 
 def test_the_bound_is_three_times_the_forward_flops():
@@ -123,6 +124,7 @@ def test_data_pipeline_and_evaluation_benchmarks(capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("probe", [["listing", "--files", "60", "--classes", "3"],
+                                   ["fingerprint", "--files", "60", "--classes", "3"],
                                    ["seeding", "--images", "64"],
                                    ["device_augment", "--images", "2"]])
 def test_each_before_after_probe_runs_in_both_checkouts(capsys, probe):
@@ -142,6 +144,21 @@ def test_index_startup_compares_a_first_start_and_a_restart_with_torchvision(cap
                 "| forked worker's private growth after reading every path |"):
         cells = next(line for line in output.splitlines() if line.startswith(row)).split("|")
         assert len(cells) == 8 and cells[-2].strip().endswith("x")  # 3 figures, 2 ratios
+
+
+@pytest.mark.slow
+def test_first_step_times_train_py_and_torchvisions_recipe_to_their_first_step(capsys):
+    # ImageNet's 1000 classes (a checkpoint of fewer is not resumed); a restart that lists
+    # raises
+    first_step.main(["--files", "1000", "--val", "1000", "--workers", "1", "--batch", "4"])
+    output = capsys.readouterr().out
+    assert "1000 + 1000 files in 1000 class folders (hard links)" in output
+    for row in ("| seconds from launch to the first training step |",
+                "| main process peak RSS |", "| loader worker peak RSS (largest worker) |"):
+        cells = next(line for line in output.splitlines() if line.startswith(row)).split("|")
+        assert len(cells) == 8 and cells[-2].strip().endswith("x")  # 3 figures, 2 ratios
+    runs = [line for line in output.splitlines() if line.startswith(("torchvision: ", "ours, "))]
+    assert len(runs) == 3 and all('"workers": ' in line for line in runs)
 
 
 @pytest.mark.slow
