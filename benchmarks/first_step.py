@@ -15,7 +15,7 @@ under a second on a CPU, so that the figures are start-up. Each run is a fresh p
 The time of the first step is the ``time`` of its row in the run's metrics.jsonl (train.py
 logs every step here: ``--log_interval 1``), less the time of the launch. Memory is polled
 every POLL_S from /proc: VmHWM (the kernel's peak RSS) of the main process and of each
-loader worker (a child with the main process's command line: forked), and each worker's
+loader worker (a child torch named pt_data_worker), and each worker's
 private memory (Private_Clean + Private_Dirty of smaps_rollup, the pages it does not share
 with the main process: what it holds of its own, the index included); a worker's RSS also
 counts the pages it shares with the main process. The runs end after that step
@@ -44,6 +44,7 @@ from vgg.data.listing import SETTLED_SECONDS, index_files
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("torchvision", "ours, first start", "ours, restart")
 POLL_S = 0.02
+WORKER_NAME = "pt_data_worker"  # what torch's DataLoader workers call themselves
 # VGG-A at 1/16 width with 16-wide FC layers on 32 px: a cheap step on a CPU.
 NETWORK = {"version": "A", "width": 0.0625, "fc_width": 16, "image_size": 32}
 ROWS = [("seconds from launch to the first training step", "seconds", "{:.1f} s"),
@@ -102,10 +103,10 @@ def reference(root: str, run_dir: str, workers: int, batch: int) -> None:
                             "time": time.time()}) + "\n")
 
 
-def loader_workers(main: int, line: str) -> list[int]:
-    """The pids of the processes forked from ``main`` (its command line ``line``): its
-    loader workers, not a git or a shared-memory helper it runs. Read from /proc, which is
-    quick: a restart's workers live about a second."""
+def loader_workers(main: int) -> list[int]:
+    """The pids of ``main``'s DataLoader workers: its children that torch named
+    pt_data_worker (not a git it runs, which between fork and exec looks like ``main``).
+    Read from /proc, which is quick: a restart's workers live about a second."""
     pids = []
     try:
         children = Path(f"/proc/{main}/task/{main}/children").read_text().split()
@@ -113,7 +114,7 @@ def loader_workers(main: int, line: str) -> list[int]:
         return []
     for child in children:
         try:
-            if Path(f"/proc/{child}/cmdline").read_text() == line:
+            if Path(f"/proc/{child}/comm").read_text().strip() == WORKER_NAME:
                 pids.append(int(child))
         except OSError:  # it ended just now
             pass
@@ -132,9 +133,8 @@ def watch(command: list[str], run_dir: Path, step: int) -> dict:
         launched = time.time()
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, "WANDB_MODE": "disabled"})
-        line = Path(f"/proc/{process.pid}/cmdline").read_text()
         while not (ended := os.wait4(process.pid, os.WNOHANG))[0]:
-            for pid in (process.pid, *loader_workers(process.pid, line)):
+            for pid in (process.pid, *loader_workers(process.pid)):
                 try:
                     hwm = memory_kib("VmHWM", f"/proc/{pid}/status")
                     private = 0 if pid == process.pid else private_kib(str(pid))
