@@ -5,6 +5,7 @@ shared machine) weighs on both sides alike.
     git worktree add --detach /tmp/before main      # the code before the change
     python -m benchmarks.before_after --before /tmp/before seeding
     python -m benchmarks.before_after --before /tmp/before listing --files 100000
+    python -m benchmarks.before_after --before /tmp/before fingerprint --files 1281167
     python -m benchmarks.before_after --before /tmp/before device_augment
 
 Each probe is a function of this checkout's benchmarks (``PROBES``) that uses only names
@@ -32,6 +33,7 @@ HERE = Path(__file__).resolve().parent.parent  # this checkout: the "after" side
 PROBES = {
     "seeding": ("benchmarks.data_pipeline", "seeded_rate", "images/s", True),
     "listing": ("benchmarks.data_setup", "setup_seconds", "s", False),
+    "fingerprint": ("benchmarks.data_setup", "fingerprint_seconds", "s", False),
     "device_augment": ("benchmarks.gpu_data", "augment_rate", "images/s", True),
 }
 
@@ -72,15 +74,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--after", type=Path, default=HERE, help="default: this checkout")
     parser.add_argument("--rounds", type=int, default=5, help="A/B pairs")
     parser.add_argument("probe", choices=PROBES)
-    parser.add_argument("--files", type=int, default=100_000, help="listing: tree size")
-    parser.add_argument("--classes", type=int, default=1000, help="listing: class folders")
+    parser.add_argument("--files", type=int, default=100_000,
+                        help="listing, fingerprint: tree size")
+    parser.add_argument("--classes", type=int, default=1000,
+                        help="listing, fingerprint: class folders")
     parser.add_argument("--images", type=int, help="seeding, device_augment: images a round")
     parser.add_argument("--size", type=int, help="seeding: crop size (32: CIFAR, 224: ImageNet)")
     args = parser.parse_args(argv)
     module, function, unit, higher_is_better = PROBES[args.probe]
     options = {k: v for k, v in {"images": args.images, "size": args.size}.items()
                if v is not None}
-    if args.probe == "listing":
+    if args.probe in ("listing", "fingerprint"):
         options = {"files": args.files, "classes": args.classes}
     prepare = importlib.import_module(module).prepare
     sides = {"before": args.before.resolve(), "after": args.after.resolve()}

@@ -20,16 +20,20 @@ from config import Config
 from vgg.train_data import build_data
 
 
-def prepare(folder: str, files: int = 100_000, classes: int = 1000) -> None:
+def prepare(folder: str, files: int = 100_000, classes: int = 1000, val: int = 0) -> None:
     """<folder>/train/<class>/<i>.JPEG: ``files`` hard links to 16 tiny JPEGs (more where
     ext4's 65,000 links per file would not do: ImageNet's 1.28M), in ``classes`` class
-    folders."""
-    sources = write_jpegs(Path(folder), max(16, -(-files // 60_000)), shapes=[(48, 64)])
-    for label in range(classes):
-        (Path(folder) / "train" / f"n{label:08d}").mkdir(parents=True)
-    for i in range(files):
-        os.link(sources[i % len(sources)],
-                Path(folder) / "train" / f"n{i % classes:08d}" / f"{i}.JPEG")
+    folders; and ``val`` more in <folder>/val/<class>/ (ImageNet's 50,000, sorted into
+    class folders as torchvision.datasets.ImageNet has them)."""
+    sources = write_jpegs(Path(folder), max(16, -(-(files + val) // 60_000)), shapes=[(48, 64)])
+    first = 0  # the links cycle through the sources across both splits
+    for split, count in (("train", files), ("val", val)):
+        for label in range(classes if count else 0):
+            (Path(folder) / split / f"n{label:08d}").mkdir(parents=True)
+        for i in range(count):
+            os.link(sources[(first + i) % len(sources)],
+                    Path(folder) / split / f"n{i % classes:08d}" / f"{i}.JPEG")
+        first += count
 
 
 def setup_seconds(folder: str, files: int = 100_000, classes: int = 1000) -> float:
@@ -38,6 +42,18 @@ def setup_seconds(folder: str, files: int = 100_000, classes: int = 1000) -> flo
     start = time.perf_counter()
     build_data(Config(dataset="ImageFolder", data_root=folder, image_size=32, workers=0),
                0, 1)
+    return time.perf_counter() - start
+
+
+def fingerprint_seconds(folder: str, files: int = 100_000, classes: int = 1000) -> float:
+    """Seconds of vgg.provenance.dataset_fingerprint of the train and validation splits
+    build_data makes of the tree ``prepare`` wrote, as train.py calls it at every start."""
+    from vgg.provenance import dataset_fingerprint
+
+    data = build_data(Config(dataset="ImageFolder", data_root=folder, image_size=32,
+                             workers=0), 0, 1)
+    start = time.perf_counter()
+    dataset_fingerprint("ImageFolder", {"train": data.train_set, "val": data.val_set}, folder)
     return time.perf_counter() - start
 
 

@@ -39,9 +39,10 @@ def memory_kib(field: str, source: str = "/proc/self/status") -> int:
     raise RuntimeError(f"{source} has no {field}")
 
 
-def private_kib() -> int:
-    """Memory this process does not share with its parent (pages it wrote since fork)."""
-    rollup = "/proc/self/smaps_rollup"
+def private_kib(process: str = "self") -> int:
+    """Memory a process (this one, or the pid given) does not share with its parent (pages
+    it wrote since fork)."""
+    rollup = f"/proc/{process}/smaps_rollup"
     return memory_kib("Private_Clean", rollup) + memory_kib("Private_Dirty", rollup)
 
 
@@ -97,21 +98,25 @@ def run(kind: str, folder: str) -> dict:
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def table(results: dict[str, list[dict]]) -> str:
-    """Medians over the rounds, and torchvision's figure over each of ours."""
+ROWS = [("seconds to the dataset and its sample 0", "seconds", "{:.2f} s"),
+        ("main process RSS growth", "main_mib", "{:.1f} MiB"),
+        ("forked worker's private growth after reading every path", "worker_mib", "{:.1f} MiB")]
+
+
+def table(results: dict[str, list[dict]], rows: list[tuple[str, str, str]] = ROWS,
+          kinds: tuple[str, ...] = KINDS) -> str:
+    """Medians over the rounds of each row's (title, key, format), and the first kind's
+    (the reference's) figure over each of the others'."""
     def median(kind: str, key: str) -> float:
         return statistics.median(r[key] for r in results[kind])
 
-    rows = [("seconds to the dataset and its sample 0", "seconds", "{:.2f} s"),
-            ("main process RSS growth", "main_mib", "{:.1f} MiB"),
-            ("forked worker's private growth after reading every path", "worker_mib",
-             "{:.1f} MiB")]
-    lines = ["| | " + " | ".join(KINDS) + " | torchvision / first start | torchvision / restart |",
-             "|---" * (len(KINDS) + 3) + "|"]
+    reference = kinds[0]
+    lines = ["| | " + " | ".join(kinds) + " | "
+             + " | ".join(f"{reference} / {kind.removeprefix('ours, ')}" for kind in kinds[1:])
+             + " |", "|---" * (2 * len(kinds)) + "|"]
     for title, key, form in rows:
-        figures = [form.format(median(kind, key)) for kind in KINDS]
-        ratios = [median("torchvision", key) / max(median(kind, key), 1e-9)
-                  for kind in KINDS[1:]]
+        figures = [form.format(median(kind, key)) for kind in kinds]
+        ratios = [median(reference, key) / max(median(kind, key), 1e-9) for kind in kinds[1:]]
         lines.append(f"| {title} | " + " | ".join(figures) + " | "
                      + " | ".join(f"{r:.1f}x" for r in ratios) + " |")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from benchmarks import (
     cifar_speed,
     data_pipeline,
     evaluate_throughput,
+    first_step,
     gpu_data,
     index_startup,
     photo_folder,
@@ -30,7 +31,7 @@ from benchmarks.steps import training_flops_per_image
 ROOT = Path(__file__).parents[1]
 MODULES = ["train_throughput", "train_memory", "gpu_data", "cifar_speed", "data_pipeline",
            "evaluate_throughput", "distributed_smoke", "photo_folder", "before_after",
-           "checkpoint_save", "data_setup", "index_startup", "shards"]
+           "checkpoint_save", "data_setup", "index_startup", "shards", "first_step"]
 
 
 def test_the_bound_is_three_times_the_forward_flops():
@@ -124,6 +125,7 @@ def test_data_pipeline_and_evaluation_benchmarks(capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("probe", [["listing", "--files", "60", "--classes", "3"],
+                                   ["fingerprint", "--files", "60", "--classes", "3"],
                                    ["seeding", "--images", "64"],
                                    ["device_augment", "--images", "2"]])
 def test_each_before_after_probe_runs_in_both_checkouts(capsys, probe):
@@ -154,6 +156,21 @@ def test_shards_benchmark_compares_the_writer_with_tar_and_shard_with_file_loadi
                 "| loading files, workers 0 |", "| loading shards, workers 2 |"):
         assert any(line.startswith(row) for line in output.splitlines()), output
     assert re.search(r"shards / files, workers 2: \d+\.\d\dx", output)
+
+
+@pytest.mark.slow
+def test_first_step_times_train_py_and_torchvisions_recipe_to_their_first_step(capsys):
+    # ImageNet's 1000 classes (a checkpoint of fewer is not resumed); a restart that lists
+    # raises
+    first_step.main(["--files", "1000", "--val", "1000", "--workers", "1", "--batch", "4"])
+    output = capsys.readouterr().out
+    assert "1000 + 1000 files in 1000 class folders (hard links)" in output
+    for row in ("| seconds from launch to the first training step |",
+                "| main process peak RSS |", "| loader worker peak RSS (largest worker) |"):
+        cells = next(line for line in output.splitlines() if line.startswith(row)).split("|")
+        assert len(cells) == 8 and cells[-2].strip().endswith("x")  # 3 figures, 2 ratios
+    runs = [line for line in output.splitlines() if line.startswith(("torchvision: ", "ours, "))]
+    assert len(runs) == 3 and all('"workers": ' in line for line in runs)
 
 
 @pytest.mark.slow

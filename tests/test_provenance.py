@@ -4,15 +4,19 @@ results JSON and an export carry, read back from the files."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tomllib
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+from torch.utils.data import Dataset, Subset
 
 import dataset_class
 import train
@@ -20,7 +24,10 @@ from tests.evalnets import save_tiny_checkpoint
 from tests.fakedata import write_image_folder
 from tests.test_train_cli import ROOT, tiny
 from vgg.checkpoint import CheckpointError, load_checkpoint
-from vgg.provenance import dataset_fingerprint, git_state
+from vgg.data import ImageFileDataset
+from vgg.data.file_list import FileList
+from vgg.data.imageset import ImageSet
+from vgg.provenance import dataset_fingerprint, git_state, split_fingerprint
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -98,6 +105,41 @@ def test_dataset_fingerprint_counts_and_hashes_the_file_index(tmp_path):
     (root / "test" / "dog" / "3b.png").rename(root / "test" / "cat" / "3b.png")
     assert folder_fingerprint(root)["splits"]["test"]["sha256"] != \
         renamed["splits"]["test"]["sha256"]
+
+
+class PathsAndLabels(Dataset):
+    """A user's own dataset of image paths as a plain list (not the readers' FileList)."""
+
+    def __init__(self, files: list[str], labels: list[int], classes: tuple[str, ...]):
+        self.files, self.labels, self.classes = files, labels, classes
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def test_the_file_index_hash_is_of_the_sorted_relative_paths_and_labels(tmp_path):
+    """The digest, against hashlib over the index written out by hand: the same for the
+    readers' FileList and a plain list of the same paths, in any order, for a subset too.
+    Class by class (the listing's order) is not the sorted order where a class name is
+    another's prefix: "n1-/" sorts before "n1/"."""
+    root = tmp_path / "data"
+    names = ["n1/x.JPEG", "n1/y.JPEG", "n1-/z.JPEG", os.fsdecode(b"n1-/\xff.JPEG")]
+    labels, classes = [0, 0, 1, 1], ("n1", "n1-")
+    files = ImageSet(FileList.of(names, root / "train"), np.array(labels), classes)
+    ours = ImageFileDataset(files, lambda image: image)
+    plain = PathsAndLabels([str(root / "train" / name) for name in names[::-1]], labels[::-1],
+                           classes)
+
+    def sha256(*entries: bytes) -> str:
+        return hashlib.sha256(b"n1\tn1-\n" + b"\n".join(entries)).hexdigest()
+
+    whole = sha256(b"train/n1-/z.JPEG\t1", b"train/n1-/\xff.JPEG\t1", b"train/n1/x.JPEG\t0",
+                   b"train/n1/y.JPEG\t0")
+    assert split_fingerprint(ours, root) == {"images": 4, "sha256": whole}
+    assert split_fingerprint(plain, root) == {"images": 4, "sha256": whole}
+    part = {"images": 2, "sha256": sha256(b"train/n1-/z.JPEG\t1", b"train/n1/x.JPEG\t0")}
+    assert split_fingerprint(Subset(ours, [2, 0]), root) == part
+    assert split_fingerprint(Subset(Subset(plain, [3, 2, 1]), [2, 0]), root) == part
 
 
 @pytest.fixture(scope="module")

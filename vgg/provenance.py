@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from vgg.data.file_list import FileList, path_prefix
 from vgg.data.shard_samples import ShardSamples
 
 PACKAGE = "vgg-reproduced"
@@ -118,6 +119,31 @@ def _index(dataset: Dataset) -> tuple[Any, list[int] | None]:
     return dataset, indices
 
 
+def _index_entries(files: Sequence[str], labels: Any, chosen: Sequence[int] | range,
+                   root: str | os.PathLike | None) -> list[bytes]:
+    """``<path relative to root>\t<label>`` of each chosen file (root None: the names are
+    relative already), in the file system's bytes (``os.fsencode``: UTF-8, and names that
+    are not UTF-8 as they are). A FileList's names
+    are cut from its buffer as bytes: decoding ImageNet's 1.28M paths one by one took
+    seconds of every start."""
+    prefix = path_prefix(root)  # how the readers join root and file names
+    picked = np.sort(np.asarray(chosen, dtype=np.int64))  # near the sorted order: quick to sort
+    values, which = np.unique(np.asarray(labels)[picked], return_inverse=True)
+    tag_of = [b"\t%d" % label for label in values.tolist()]  # one bytes object per label
+    tags = [tag_of[i] for i in which.tolist()]
+    if isinstance(files, FileList) and files.prefix.startswith(prefix):
+        folder = os.fsencode(files.prefix[len(prefix):])  # the names' folder under root
+        names = files.buffer.tobytes()
+        return [folder + names[start:end] + tag for start, end, tag in zip(
+            files.starts[picked].tolist(), files.ends[picked].tolist(), tags, strict=True)]
+
+    def relative(name: str) -> str:  # by a string cut: os.path.relpath x 1.28M is slow
+        return name[len(prefix):] if name.startswith(prefix) else os.path.relpath(name, root)
+
+    return [os.fsencode(relative(files[i])) + tag
+            for i, tag in zip(picked.tolist(), tags, strict=True)]
+
+
 def split_fingerprint(dataset: Dataset, root: str | os.PathLike) -> dict[str, Any]:
     """``{"images": count, "sha256": hash of the index}`` of one split's dataset (files:
     sorted relative paths with labels; images in memory: their pixels and labels in
@@ -126,18 +152,13 @@ def split_fingerprint(dataset: Dataset, root: str | os.PathLike) -> dict[str, An
     chosen = range(len(base)) if indices is None else indices
     digest = hashlib.sha256("\t".join(getattr(base, "classes", ())).encode() + b"\n")
     # Paths: a list, or the readers' FileList (a Sequence sharing one bytes buffer), or a
-    # shard set's names of the files it holds, relative to their data root already.
+    # shard set's names of the files it holds, relative to their data root already. Sorted
+    # as bytes: UTF-8 keeps the order of the characters, so it is the order of the paths.
     if isinstance(getattr(base, "files", None), Sequence):
-        prefix = str(Path(root) / "_")[:-1]  # how the readers join root and file names
-
-        def relative(i: int) -> str:  # by a string cut: os.path.relpath x 1.28M is slow
-            if isinstance(base.files, ShardSamples):
-                return str(base.files.names[i])
-            name = base.files[i]
-            return name[len(prefix):] if name.startswith(prefix) else os.path.relpath(name, root)
-
-        entries = sorted(f"{relative(i)}\t{int(base.labels[i])}" for i in chosen)
-        digest.update("\n".join(entries).encode())
+        files, folder = base.files, root
+        if isinstance(files, ShardSamples):
+            files, folder = files.names, None
+        digest.update(b"\n".join(sorted(_index_entries(files, base.labels, chosen, folder))))
     elif isinstance(getattr(base, "images", None), np.ndarray):
         selection = np.asarray(list(chosen), dtype=np.int64)
         digest.update(np.ascontiguousarray(base.labels[selection], dtype="<i8").tobytes())
