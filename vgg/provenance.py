@@ -155,7 +155,8 @@ def split_fingerprint(dataset: Dataset, root: str | os.PathLike) -> dict[str, An
     # shard set's names of the files it holds, relative to their data root already. Sorted
     # as bytes: UTF-8 keeps the order of the characters, so it is the order of the paths.
     if isinstance(getattr(base, "files", None), Sequence):
-        files, folder = base.files, root
+        files = base.files
+        folder: str | os.PathLike | None = root
         if isinstance(files, ShardSamples):
             files, folder = files.names, None
         digest.update(b"\n".join(sorted(_index_entries(files, base.labels, chosen, folder))))
