@@ -127,7 +127,10 @@ def prepare_networks(networks: list[Network], name: str, root: str) -> bool:
     check_ensemble(networks)
     first = networks[0]
     if spec is not None:
-        for what, wanted, have in (("classes", spec.num_classes, first.num_classes),
+        # A network that records its class names (a subset such as ImageNet-100) is checked
+        # against the split's folders by name when the split is read, not by count here.
+        classes = None if first.classes else spec.num_classes
+        for what, wanted, have in (("classes", classes, first.num_classes),
                                    ("input channels", spec.in_channels, first.in_channels)):
             if wanted is not None and wanted != have:
                 raise EvaluationError(

@@ -510,6 +510,37 @@ def test_a_paper_preset_trains_on_all_of_train_and_decides_on_the_official_val(t
     assert "1 steps/epoch x 74 epochs = 74 iterations" in start
 
 
+
+def test_an_imagenet_subset_trains_a_net_of_its_classes_that_resumes_and_evaluates(tmp_path,
+                                                                                    capsys):
+    """ImageNet-100 and the like: --dataset ImageNet on a tree of 3 of its classes trains a
+    3-class network (not 1000 outputs over 3 class names, which --resume and evaluate.py
+    then refused as an inconsistent checkpoint), says so, and resumes and evaluates."""
+    import evaluate
+    from tests.fakedata import write_imagenet_folders
+
+    write_imagenet_folders(tmp_path / "ImageNet", ["n01", "n02", "n03"], per_class=4,
+                           size=(40, 40))
+    run = ["--dataset", "ImageNet", "--data_root", str(tmp_path), "--model_version", "A",
+           "--width", "0.0625", "--fc_width", "16", "--image_size", "32", "--train_scale",
+           "32,40", "--batch_size", "4", "--workers", "0", "--device", "cpu", "--wandb",
+           "disabled", "--progress", "false", "--out_dir", str(tmp_path / "runs"),
+           "--run_name", "subset", "--resume", "auto"]
+    assert train.main([*run, "--max_steps", "1"]) == 0
+    assert "ImageNet has 1000 classes, the training set under" in capsys.readouterr().err
+    checkpoint = torch.load(tmp_path / "runs" / "subset" / "last.pt", weights_only=True)
+    assert checkpoint["model_args"]["num_classes"] == 3
+    assert checkpoint["preprocessing"]["classes"] == ["n01", "n02", "n03"]
+    assert train.main([*run, "--max_steps", "2"]) == 0
+    resumed = capsys.readouterr().out
+    assert "resuming at epoch 1 step 1" in resumed and "at step 2 (epoch 1)" in resumed
+    assert evaluate.main(["--checkpoint", str(tmp_path / "runs" / "subset" / "last.pt"),
+                          "--data_root", str(tmp_path), "--device", "cpu", "--workers", "0",
+                          "--progress", "false", "--out", str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert (result["samples"], result["class_names"]) == (12, ["n01", "n02", "n03"])
+
+
 PROGRESS_LINE = re.compile(
     r"step (\d+)/(\d+) \(epoch ([\d.]+)/(\d+)\) \| loss ([\d.]+) top-1 err ([\d.]+)% \| "
     r"lr ([\d.e+-]+) \| (\d+) img/s, data wait (\d+)% \| eta (\d+):(\d\d):(\d\d)")

@@ -92,6 +92,11 @@ def build_data(cfg: Any, rank: int, world: int,
                         "--data_root, or try the offline quickstart: --config "
                         "configs/quickstart_digits.yaml)") from None
     classes = list(train_set.classes)
+    if len(classes) != spec.num_classes:  # a subset of a fixed-size dataset: ImageNet-100
+        warn(f"{cfg.dataset} has {spec.num_classes} classes, the training set under "
+             f"--data_root {cfg.data_root} has {len(classes)}: the network scores those "
+             f"{len(classes)}")
+        spec = dataclasses.replace(spec, num_classes=len(classes))
     generator = torch.Generator().manual_seed(cfg.seed)
     if cfg.train_subset and cfg.train_subset < len(train_set):
         train_set = Subset(train_set, torch.randperm(len(train_set), generator=generator)
