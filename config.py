@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vgg.checkpoint import WEIGHTS
 from vgg.configuration import ConfigError, positional
 from vgg.evaluation import PROTOCOLS
 from vgg.model import INITS, VERSIONS
@@ -114,6 +115,9 @@ class Config:
     decay_norm_and_bias: bool = True  # decay biases and norm weights too
     label_smoothing: float = 0.0  # cross-entropy label smoothing (paper: 0)
     grad_clip: float | None = None  # clip the gradient's global L2 norm to this; None = off
+    # not in the paper: an exponential moving average of the weights and BatchNorm statistics,
+    # updated every optimizer step, validated and saved beside them (README "EMA")
+    ema: float | None = shown_as(None, "DECAY")  # EMA of the weights, e.g. 0.999; None = off
     # --- schedule ---
     schedule: str = choice("plateau", ("plateau", "step", "cosine"))  # lr schedule
     lr_factor: float = 0.1  # plateau/step: multiply the lr by this at each drop
@@ -242,6 +246,8 @@ class Config:
                 list(self.betas))
         require(self.grad_clip is None or self.grad_clip > 0, "grad_clip",
                 "positive (or none: no clipping)", self.grad_clip)
+        require(self.ema is None or 0 < self.ema < 1, "ema",
+                "a decay in (0, 1) such as 0.999 (or none: no average)", self.ema)
         require(0 <= self.min_lr <= self.lr, "min_lr", f"in [0, --lr = {self.lr}]",
                 self.min_lr)
         require(self.init_std >= 0, "init_std", "0 or more", self.init_std)
@@ -274,6 +280,9 @@ class EvalConfig:
     # --- what to evaluate ---
     # runs or checkpoint files; several are an ensemble; None = the newest run's best.pt
     checkpoint: list[str] | None = shown_as(None, "RUN [RUN ...]")  # several: ensemble; None=newest
+    # which weights of a checkpoint: raw (trained), ema (their average, train.py --ema), or
+    # auto: the average where the checkpoint has one (best.pt was chosen by its figure)
+    weights: str = choice("auto", WEIGHTS)  # a checkpoint's weights: auto, ema or raw
     torchvision_weights: str | None = None  # a torchvision VGG state dict file (.pth)
     model_version: str | None = choice(None, VERSIONS)  # of --torchvision_weights; None = inferred
     batch_norm: bool | None = None  # --torchvision_weights has BN; None = inferred
@@ -303,6 +312,9 @@ class EvalConfig:
         if self.checkpoint is not None and self.torchvision_weights is not None:
             raise ConfigError("give --checkpoint PATH [PATH ...] (written by train.py) or "
                               "--torchvision_weights PATH, not both")
+        if self.torchvision_weights is not None and self.weights == "ema":
+            raise ConfigError("--weights ema picks a train.py checkpoint's average of the "
+                              "weights (--ema); --torchvision_weights has only its own weights")
         if self.checkpoint is not None and not self.checkpoint:
             raise ConfigError("--checkpoint needs at least one path")
         if self.checkpoint and (self.model_version is not None or self.batch_norm is not None):

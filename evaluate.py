@@ -88,8 +88,12 @@ def load_networks(cfg: EvalConfig) -> list[Network]:
         networks = [network_from_torchvision(cfg.torchvision_weights, cfg.model_version,
                                              cfg.batch_norm)]
     else:
-        networks = [network_from_checkpoint(path)
+        networks = [network_from_checkpoint(path, cfg.weights)
                     for path in cfg.checkpoint or [newest_run_checkpoint()]]
+        for network in networks:
+            if network.weights == "ema":
+                print(f"{network.source}: its average of the weights (trained with --ema; "
+                      "--weights raw evaluates the trained weights)")
     if cfg.train_scale:
         for network in networks:
             network.train_scale = parse_train_scale(cfg.train_scale)
@@ -232,7 +236,8 @@ def report(cfg: EvalConfig, networks: list[Network], out: Path, facts: dict[str,
         "networks": [{"source": n.source, "version": n.version, "batch_norm": n.batch_norm,
                       "image_size": n.image_size, "num_classes": n.num_classes,
                       "train_scale": list(n.train_scale) if n.train_scale else None,
-                      "mean": list(n.mean), "std": list(n.std), "provenance": n.provenance}
+                      "mean": list(n.mean), "std": list(n.std), "weights": n.weights,
+                      "provenance": n.provenance}
                      for n in networks],
         "confusion_matrix": str(confusion), "seconds": seconds,
         "images_per_second": summary["samples"] / seconds if seconds > 0 else None,
@@ -279,7 +284,8 @@ def evaluate_networks(argv: list[str] | None) -> int:
     dataset, class_names, sample = build_data(cfg, first, name, root, scales)
     sample_tag = (cfg.limit, cfg.seed) if sample else None
     out = Path(cfg.out) if cfg.out else default_output(
-        [n.source for n in networks], cfg.split, cfg.protocol, scales, sample_tag)
+        [n.source for n in networks], cfg.split, cfg.protocol, scales, sample_tag,
+        averaged=any(n.weights == "ema" for n in networks))
     check_outputs(out, first.num_classes)  # before the evaluation, not after it
     rank, world_size, _, device = distributed.init_distributed(cfg.device)
     try:

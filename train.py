@@ -36,6 +36,7 @@ from vgg import configuration
 from vgg.checkpoint import CheckpointError, load_checkpoint, model_state, preprocessing_record
 from vgg.configuration import ConfigError
 from vgg.distributed import cleanup, init_distributed
+from vgg.ema import WeightAverage
 from vgg.engine import (
     NonFiniteLoss,
     StepSettings,
@@ -321,7 +322,8 @@ def new_model(cfg: Config, model_args: dict[str, Any], resume: Resume | None,
 
 def build_training(cfg: Config, model: torch.nn.Module, model_args: dict[str, Any],
                    data: Data, device: torch.device) -> tuple[Resumable, StepSettings, str]:
-    """The optimizer, schedule and precision around ``model`` (moved to ``device``)."""
+    """The optimizer, schedule, precision and (--ema) weight average around ``model``
+    (moved to ``device``)."""
     precision, autocast_dtype, scaler = precision_setup(cfg.precision, device)
     optimizer = build_optimizer(
         model.to(device), cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
@@ -342,9 +344,15 @@ def build_training(cfg: Config, model: torch.nn.Module, model_args: dict[str, An
                                          data.spec.mean, data.spec.std, data.scale)
     trained_on = dataset_fingerprint(cfg.dataset, {"train": data.train_set, "val": data.val_set},
                                      cfg.data_root)
-    resumable = Resumable(model, model_args, optimizer, schedule, scaler,
-                          recorded_config(cfg), preprocessing, provenance(device, trained_on))
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
+    ema = None
+    if cfg.ema is not None:  # of the plain network on its device, before any DDP wrapper
+        ema = WeightAverage(model, cfg.ema)
+        if channels_last:
+            ema.module.to(memory_format=torch.channels_last)
+    resumable = Resumable(model, model_args, optimizer, schedule, scaler,
+                          recorded_config(cfg), preprocessing, provenance(device, trained_on),
+                          ema)
     settings = StepSettings(device, autocast_dtype, scaler, cfg.label_smoothing, cfg.grad_clip,
                             channels_last)
     return resumable, settings, precision
@@ -354,20 +362,36 @@ def end_of_epoch(model: torch.nn.Module, resumable: Resumable, state: TrainState
                  settings: StepSettings, run_dir: RunDirectory, run_log: RunLog,
                  stop: StopRequest, started: float, monitor: HealthMonitor | None = None
                  ) -> bool:
-    """Validate, log the epoch's row, step the schedule, save; False when a signal came
-    during validation (the epoch's training is then saved, its validation skipped)."""
-    with Progress(len(data.val_loader.sampler), f"validation, epoch {state.epoch + 1}",
-                  show=run_log.main, bar=run_log.bar, leave=False) as progress:
-        val = validate(model, data.val_loader, settings.device, stop=stop, progress=progress,
-                       autocast_dtype=settings.autocast_dtype,
-                       channels_last=settings.channels_last)
-    if val is None:
-        run_dir.save_last(resumable.checkpoint(state))
-        return False
+    """Validate (the raw weights, and with --ema their average), log the epoch's row, step
+    the schedule, save; False when a signal came during validation (the epoch's training is
+    then saved, its validation skipped)."""
+    networks = {"val": model} | ({"val_ema": resumable.ema.module} if resumable.ema else {})
+    figures = {}
+    for prefix, network in networks.items():
+        what = "validation" + (" of the EMA weights" if prefix == "val_ema" else "")
+        with Progress(len(data.val_loader.sampler), f"{what}, epoch {state.epoch + 1}",
+                      show=run_log.main, bar=run_log.bar, leave=False) as progress:
+            figures[prefix] = validate(network, data.val_loader, settings.device, stop=stop,
+                                       progress=progress,
+                                       autocast_dtype=settings.autocast_dtype,
+                                       channels_last=settings.channels_last)
+        if figures[prefix] is None:
+            run_dir.save_last(resumable.checkpoint(state))
+            return False
+    val = figures["val"]
     row = {"kind": "epoch", "epoch": state.epoch + 1, "step": state.step,
-           **state.epoch_totals.errors(), **{f"val_{k}": v for k, v in val.items()},
+           **state.epoch_totals.errors(),
+           **{f"{prefix}_{name}": value for prefix, measured in figures.items()
+              for name, value in measured.items() if (prefix, name) != ("val_ema", "n")},
            "nonfinite_steps": state.nonfinite_steps, "overflow_steps": state.overflow_steps}
-    is_best = state.end_epoch(1 - val["top1_err"])
+    # best.pt holds the weights that evaluate.py, predict.py and vgg.export use by default:
+    # the average's when there is one, so it is chosen by the average's figure (as timm's).
+    # The schedule follows the raw weights, which it steers: a run with --ema trains the
+    # same weights as one without.
+    best_by = "val_ema" if resumable.ema else "val"
+    if resumable.ema:
+        row["best_by"] = "ema"
+    is_best = state.end_epoch(1 - figures[best_by]["top1_err"])
     dropped = resumable.schedule.end_epoch(state.epoch, 1 - val["top1_err"])
     run_log.log(row | {"lr": resumable.schedule.lr, "lr_divided": dropped, "best": is_best,
                        "epoch_time": time.time() - started, "time": time.time()})
@@ -428,7 +452,12 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
             f"{precision}, batch {cfg.batch_size} = {data.micro} x {data.accumulation} "
             f"accumulation x {world}, {data.steps_per_epoch} steps/epoch x {cfg.epochs} "
             f"epochs = {data.steps_per_epoch * cfg.epochs} iterations"
+            + (f", EMA of the weights at decay {cfg.ema:g}" if cfg.ema is not None else "")
             + (f", resuming at epoch {state.epoch + 1} step {state.step}" if resume else ""))
+        if resume is not None and (cfg.ema is not None) != ("model_ema" in resume.checkpoint):
+            run_log.print("--ema: the checkpoint holds no average of the weights; it starts "
+                          "from the resumed weights" if cfg.ema is not None else
+                          "--ema none: the checkpoint's average of the weights is dropped")
         monitor = None if cfg.on_stall == "ignore" else HealthMonitor(
             model, num_classes=data.spec.num_classes, steps_per_epoch=data.steps_per_epoch,
             warmup_steps=resumable.schedule.warmup_steps, state=state.health,

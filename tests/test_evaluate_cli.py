@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from tests.evalnets import save_tiny_checkpoint
-from vgg.checkpoint import CheckpointError
+from vgg.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vgg.evaluation import Evaluator, Tally, sample_indices
 from vgg.networks import network_from_torchvision
 
@@ -75,6 +75,37 @@ def test_every_protocol_end_to_end(checkpoints, tmp_path, protocol, capsys):
         f"{folder.name}/net0.pt | test split | {protocol} | Q=32,40,48 | top-1 error "
         f"{100 * results['top1_error']:.2f}%")
     assert "most confused (true -> predicted: images):" in printed
+
+
+def test_a_checkpoint_with_an_average_is_evaluated_with_it_unless_asked_otherwise(tmp_path,
+                                                                                   capsys):
+    # a train.py --ema checkpoint: seed 0's network as its weights, seed 1's as their average
+    raw = save_tiny_checkpoint(tmp_path / "best.pt", seed=0)
+    averaged = save_tiny_checkpoint(tmp_path / "other.pt", seed=1)
+    checkpoint = load_checkpoint(tmp_path / "best.pt")
+    save_checkpoint(checkpoint | {"model_ema": averaged.state_dict(), "ema_updates": 5},
+                    tmp_path / "best.pt")
+    images, labels = digits_inputs([40], 20)
+    confusions = []  # the two networks' predictions, computed independently: they differ
+    for model in (raw, averaged):
+        tally = Tally(10)
+        tally.update(Evaluator([model], "center", flip=False).posteriors(images), labels)
+        confusions.append(tally.confusion.tolist())
+    assert confusions[0] != confusions[1]
+    for weights, model in (("auto", averaged), ("ema", averaged), ("raw", raw)):
+        assert run_cli("--checkpoint", tmp_path / "best.pt", "--weights", weights,
+                       "--protocol", "center", "--limit", 20, "--workers", 0,
+                       "--progress", "false") == 0
+        name = "best-ema" if model is averaged else "best"  # neither overwrites the other
+        results = json.loads((tmp_path / f"eval_{name}_test_center_40_sample20-seed0.json")
+                             .read_text())
+        assert results["networks"][0]["weights"] == ("ema" if model is averaged else "raw")
+        confusion = [[int(v) for v in line.split(",")[1:]] for line in
+                     open(results["confusion_matrix"]).read().splitlines()[1:]]
+        assert confusion == confusions[model is averaged], weights
+    assert "its average of the weights (trained with --ema" in capsys.readouterr().out
+    assert run_cli("--checkpoint", tmp_path / "other.pt", "--weights", "ema") == 2
+    assert "holds no average of the weights" in capsys.readouterr().err
 
 
 def test_ensemble_averages_posteriors(checkpoints, tmp_path):

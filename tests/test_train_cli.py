@@ -72,9 +72,12 @@ def killed_after_logging(run_dir: Path, *logger: str) -> None:
 
 
 
-def test_resume_after_a_step_is_bit_identical(tmp_path):
-    assert train.main(tiny(tmp_path / "full")) == 0
-    assert train.main(tiny(tmp_path / "cut", "--max_steps", "5")) == 0
+# With --ema (and BatchNorm, whose statistics it averages) the average resumes exactly too.
+@pytest.mark.parametrize("extra", [(), ("--batch_norm", "true", "--ema", "0.9")],
+                         ids=["raw", "ema"])
+def test_resume_after_a_step_is_bit_identical(tmp_path, extra):
+    assert train.main(tiny(tmp_path / "full", *extra)) == 0
+    assert train.main(tiny(tmp_path / "cut", "--max_steps", "5", *extra)) == 0
     cut = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert (cut["step"], cut["epoch"], cut["position"]) == (5, 0, 80)
     assert train.main(["--resume", str(tmp_path / "cut"), "--max_steps", "none"]) == 0
@@ -82,6 +85,19 @@ def test_resume_after_a_step_is_bit_identical(tmp_path):
     resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert resumed["step"] == full["step"] == 12
     assert_same_state(full["model"], resumed["model"])
+    if extra:
+        assert resumed["ema_updates"] == full["ema_updates"] == 12
+        assert_same_state(full["model_ema"], resumed["model_ema"])
+        # the average is not the weights, and its BatchNorm statistics are its own
+        assert not torch.equal(full["model_ema"]["features.1.running_mean"],
+                               full["model"]["features.1.running_mean"])
+        assert [r["val_ema_loss"] for r in rows(tmp_path / "full", "epoch")] == \
+            [r["val_ema_loss"] for r in rows(tmp_path / "cut", "epoch")]
+        assert {r["best_by"] for r in rows(tmp_path / "cut", "epoch")} == {"ema"}
+        # and the weights trained are those of a run without the average
+        assert train.main(tiny(tmp_path / "plain", "--batch_norm", "true")) == 0
+        assert_same_state(load_checkpoint(tmp_path / "plain" / "last.pt")["model"],
+                          full["model"])
     assert_same_state(full["optimizer"]["state"][0], resumed["optimizer"]["state"][0])
     # The metrics log has no duplicated rows and ends like the uninterrupted one.
     steps = [r["step"] for r in rows(tmp_path / "cut", "train")]

@@ -227,6 +227,37 @@ def weights_problem(state: Mapping[str, Any]) -> str | None:
     return None
 
 
+def ema_problem(checkpoint: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's average of the weights (vgg/ema.py), where it has
+    one: a state dict (checked like ``model``), the count of its updates, and the decay
+    its config records, in (0, 1)."""
+    if "model_ema" not in checkpoint:
+        return None
+    if not isinstance(checkpoint["model_ema"], Mapping):
+        return f"its 'model_ema' entry is a {type(checkpoint['model_ema']).__name__}, not weights"
+    updates = checkpoint.get("ema_updates")
+    if not (is_integer(updates) and 0 <= updates < 2**63):
+        return f"its 'ema_updates' {short_repr(updates)} is not a count of updates"
+    decay = (checkpoint.get("config") or {}).get("ema")
+    if decay is not None and not (is_number(decay) and 0 < decay < 1):
+        return f"its config ema {short_repr(decay)} is not a decay in (0, 1)"
+    return None
+
+
+WEIGHTS = ("auto", "ema", "raw")
+
+
+def weights_key(checkpoint: dict[str, Any], which: str, source: str) -> str:
+    """The entry of a checkpoint of this toolkit holding the weights ``which`` names:
+    ``raw`` the trained weights (``model``), ``ema`` their average (``model_ema``, --ema),
+    ``auto`` the average where there is one: with --ema, best.pt is the best by the
+    average's figure."""
+    if which == "ema" and "model_ema" not in checkpoint:
+        raise CheckpointError(f"{source} holds no average of the weights (it was trained "
+                              "without --ema): evaluate its weights with --weights raw or auto")
+    return "model_ema" if which != "raw" and "model_ema" in checkpoint else "model"
+
+
 def check_checkpoint(checkpoint: dict[str, Any], source: str) -> None:
     """The one validation of a checkpoint's contents that every command applies when it
     reads one (in :func:`load_checkpoint`): model_args that build a VGG of a size this
@@ -244,8 +275,10 @@ def check_checkpoint(checkpoint: dict[str, Any], source: str) -> None:
                        if checkpoint.get("config") is not None else None)
                    or (provenance_problem(checkpoint["provenance"])
                        if checkpoint.get("provenance") is not None else None)
-                   or (weights_problem(checkpoint["model"])
-                       if isinstance(checkpoint.get("model"), Mapping) else None))
+                   or next(filter(None, (weights_problem(checkpoint[key])
+                                         for key in ("model", "model_ema")
+                                         if isinstance(checkpoint.get(key), Mapping))), None)
+                   or ema_problem(checkpoint))
     if problem is None:
         # Evaluated at up to the largest training scale (dense evaluation: the whole image).
         scale = ((preprocessing or {}).get("train_scale")
@@ -401,15 +434,16 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
     model.load_state_dict(state)
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint") -> VGG:
+def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint",
+                          weights: str = "auto") -> VGG:
     """The network of a checkpoint of this toolkit (checked by :func:`check_checkpoint`
-    when it was loaded), with its weights."""
+    when it was loaded), with the weights ``weights`` names (:func:`weights_key`)."""
     if not isinstance(checkpoint.get("model_args"), dict) or "model" not in checkpoint:
         raise CheckpointError(f"{source} has no 'model'/'model_args': not a checkpoint of "
                               "this toolkit (for torchvision .pth weights use evaluate.py "
                               "--torchvision_weights)")
     model = build_vgg(**checkpoint["model_args"], init=None)
-    load_model_state(model, checkpoint["model"], source)
+    load_model_state(model, checkpoint[weights_key(checkpoint, weights, source)], source)
     return model
 
 

@@ -181,7 +181,8 @@ def train_one_epoch(model: nn.Module, resumable: Resumable, loader, state: Train
                     monitor: HealthMonitor | None = None) -> bool:
     """Train from ``state.position`` to the end of the epoch, ``accumulation`` micro-batches
     of ``micro`` samples per optimizer step; False when stopped early (a signal, or
-    ``cfg.max_steps``), after writing last.pt. Every ``cfg.log_interval`` steps a row goes
+    ``cfg.max_steps``), after writing last.pt. With ``resumable.ema`` (--ema) each applied
+    step also updates the average of the weights. Every ``cfg.log_interval`` steps a row goes
     to ``run_log``, with the ``monitor``'s per-stage measures of that step, and the monitor
     judges it (:func:`report_stall`); every ``cfg.checkpoint_interval`` steps last.pt is
     written through ``run_dir``."""
@@ -202,6 +203,9 @@ def train_one_epoch(model: nn.Module, resumable: Resumable, loader, state: Train
             with (monitor.sampling(sampled) if monitor else contextlib.nullcontext()):
                 result = train_step(model, resumable.optimizer, window, **vars(settings),
                                     stop_requested=stop.requested)
+            if result.applied and resumable.ema is not None:
+                # Once per optimizer step, after all its micro-batches: the weights moved.
+                resumable.ema.update(resumable.model)
             state.record(result, sum(len(y) for _, y in window))
             run_log.pace.add(result.samples, time.perf_counter() - step_started)
             if not result.finite and cfg.on_nonfinite == "stop":

@@ -19,6 +19,7 @@ from vgg.checkpoint import (
     load_model_state,
     model_from_checkpoint,
     run_checkpoint,
+    weights_key,
 )
 from vgg.evaluation import EvaluationError, parse_train_scale
 from vgg.model import TORCHVISION_NAMES, VGG, build_vgg
@@ -45,6 +46,8 @@ class Network:
     dataset: str | None = None
     # What trained it (vgg/provenance.py); None for torchvision's and older checkpoints.
     provenance: dict[str, Any] | None = None
+    # A checkpoint's weights it holds: "raw", or "ema" (their average, train.py --ema).
+    weights: str = "raw"
 
     @property
     def num_classes(self) -> int:
@@ -59,16 +62,17 @@ class Network:
         return self.model.image_size
 
 
-def network_from_checkpoint(path: str | os.PathLike) -> Network:
+def network_from_checkpoint(path: str | os.PathLike, weights: str = "auto") -> Network:
     """A checkpoint of this toolkit, or a run directory's best.pt (its contents checked by
-    :func:`vgg.checkpoint.load_checkpoint`, as every command's are)."""
+    :func:`vgg.checkpoint.load_checkpoint`, as every command's are), with the weights that
+    ``weights`` names (:func:`vgg.checkpoint.weights_key`)."""
     if Path(path).is_dir():
         path = run_checkpoint(Path(path))
     checkpoint = load_checkpoint(path)
     if "model_args" not in checkpoint and "classifier.6.weight" in checkpoint:
         raise CheckpointError(f"{path} is a bare state dict (torchvision-style weights), not a "
                               "checkpoint of this toolkit: pass it with --torchvision_weights")
-    model = model_from_checkpoint(checkpoint, source=str(path))
+    model = model_from_checkpoint(checkpoint, source=str(path), weights=weights)
     args = checkpoint["model_args"]
     config = dict(checkpoint.get("config") or {})
     record = checkpoint.get("preprocessing") or {}
@@ -81,7 +85,9 @@ def network_from_checkpoint(path: str | os.PathLike) -> Network:
                    std=tuple(record["std"]) if record else None,
                    classes=tuple(classes) if classes else None,
                    dataset=record.get("dataset") or config.get("dataset"),
-                   provenance=checkpoint.get("provenance"))
+                   provenance=checkpoint.get("provenance"),
+                   weights="ema" if weights_key(checkpoint, weights, str(path)) == "model_ema"
+                   else "raw")
 
 
 def infer_torchvision_version(state: dict[str, torch.Tensor]) -> tuple[str, bool]:

@@ -58,6 +58,7 @@ from vgg.checkpoint import (
     load_model_state,
     preprocessing_problem,
     run_checkpoint,
+    weights_key,
 )
 from vgg.configuration import ConfigError
 from vgg.errors import UserError, short_repr
@@ -146,7 +147,9 @@ def read_weights(source: str | os.PathLike) -> PretrainedWeights:
 def weights_from_file(path: Path) -> PretrainedWeights:
     loaded = load_checkpoint(path)  # checked there, as every command's checkpoints are
     if isinstance(loaded, dict) and "model" in loaded and "model_args" in loaded:
-        return PretrainedWeights(loaded["model"], str(path), dict(loaded["model_args"]),
+        # A run trained with --ema stands for its average, as in evaluate.py by default.
+        return PretrainedWeights(loaded[weights_key(loaded, "auto", str(path))], str(path),
+                                 dict(loaded["model_args"]),
                                  loaded.get("preprocessing"), dict(loaded.get("config") or {}),
                                  loaded.get("provenance"))
     if isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values()):

@@ -99,13 +99,14 @@ def confusion_path(results_path: Path) -> Path:
 
 
 def default_output(sources: Sequence[str], split: str, protocol: str, scales: Sequence[int],
-                   sample: tuple[int, int] | None = None) -> Path:
+                   sample: tuple[int, int] | None = None, averaged: bool = False) -> Path:
     """Beside the first weight file: ``runs/x/best.pt`` ->
     ``runs/x/eval_best_test_dense_256-384-512.json``. An ensemble is named by all its
-    members (``eval_ensemble2-<hash>_...``) and a ``--limit`` sample by its size and seed
-    (``..._sample40-seed0``), so neither overwrites a single network's full result."""
+    members (``eval_ensemble2-<hash>_...``), a ``--limit`` sample by its size and seed
+    (``..._sample40-seed0``) and the ``averaged`` weights of --ema by ``best-ema``, so none
+    overwrites a single network's full result of its trained weights."""
     first = Path(sources[0])
-    name = first.stem
+    name = first.stem + ("-ema" if averaged else "")
     if len(sources) > 1:
         members = "\n".join(str(Path(s).resolve()) for s in sources)
         name = f"ensemble{len(sources)}-{hashlib.sha1(members.encode()).hexdigest()[:8]}"

@@ -27,7 +27,9 @@ METRIC_FIELDS = ("kind", "epoch", "step", "loss", "top1_err", "top5_err", "lr", 
                  "images_per_s", "data_wait", "max_memory_gib", "val_loss", "val_top1_err",
                  "val_top5_err", "val_n", "nonfinite_steps", "overflow_steps", "time",
                  *(f"{measure}_stage{i}" for measure in ("grad_norm", "dead_relu")
-                   for i in range(1, 6)), "message")
+                   for i in range(1, 6)), "message",
+                 # --ema: the averaged weights' validation, and which figure chose best.pt
+                 "val_ema_loss", "val_ema_top1_err", "val_ema_top5_err", "best_by")
 
 
 class MetricsError(UserError, ValueError):
@@ -231,10 +233,15 @@ def console_line(row: dict[str, Any], epochs: int, eta: float | None) -> str:
     return (f"epoch {row['epoch']}/{epochs}  train loss {row['loss']:.4f} top-1 err "
             f"{row['top1_err']:.2%}{top5('top5_err')} | val loss {row['val_loss']:.4f} "
             f"top-1 err {row['val_top1_err']:.2%}{top5('val_top5_err')} "
-            f"({row['val_n']} images) | lr {row['lr']:.1e}"
+            f"({row['val_n']} images)"
+            + (f" | EMA val loss {row['val_ema_loss']:.4f} top-1 err "
+               f"{row['val_ema_top1_err']:.2%}{top5('val_ema_top5_err')}"
+               if "val_ema_top1_err" in row else "")
+            + f" | lr {row['lr']:.1e}"
             f"{' (divided)' if row['lr_divided'] else ''} | {row['epoch_time']:.0f}s, "
             f"{row['images_per_s']:.0f} img/s | eta {duration(eta)}"
-            f"{' | best' if row['best'] else ''}")
+            f"{' | best' if row['best'] else ''}"
+            f"{' (EMA)' if row['best'] and row.get('best_by') == 'ema' else ''}")
 
 
 def progress_line(row: dict[str, Any], *, total_steps: int, steps_per_epoch: int,
@@ -292,7 +299,7 @@ class RunLog:
     ``steps`` is (steps per epoch, steps the run will take); ``progress`` is --progress:
     with :attr:`bar` false, each interval row is also printed as a plain line."""
 
-    NOT_LOGGED = ("kind", "step", "time", "lr_divided", "best")
+    NOT_LOGGED = ("kind", "step", "time", "lr_divided", "best", "best_by")
 
     def __init__(self, run_dir: Path, *, main: bool, fmt: str, epochs: int,
                  steps: tuple[int, int], progress: bool,
@@ -301,8 +308,8 @@ class RunLog:
                  tensorboard: bool = False):
         self.main, self.epochs, self.run_dir = main, epochs, run_dir
         # Top-5 of 5 classes or fewer is always 0%: neither logged nor shown.
-        self.unreported = () if 5 in reported_topk(num_classes) else ("top5_err",
-                                                                       "val_top5_err")
+        self.unreported = () if 5 in reported_topk(num_classes) else (
+            "top5_err", "val_top5_err", "val_ema_top5_err")
         (self.steps_per_epoch, self.total_steps), self.bar = steps, not plain_progress(progress)
         self.pace = Pace(self.total_steps, first_step=resume_from[1] if resume_from else 0)
         self.metrics = self.wandb = self.tensorboard = None

@@ -13,6 +13,7 @@ from torch import nn
 
 from vgg.checkpoint import CheckpointError, load_model_state
 from vgg.distributed import all_gather_object
+from vgg.ema import WeightAverage
 from vgg.errors import short_repr
 from vgg.optim import LRSchedule, set_hyperparameters
 from vgg.rng import rng_state, set_rng_state
@@ -155,7 +156,8 @@ class Resumable:
     the plain network (unwrapped), the optimizer, the schedule, the fp16 GradScaler, and
     the descriptions written with them (``model_args`` rebuilds the network, ``config`` is
     the run's, ``preprocessing`` says what input it expects, ``provenance`` which code,
-    libraries, device and data this session trains with: vgg/provenance.py)."""
+    libraries, device and data this session trains with: vgg/provenance.py), and with
+    ``--ema`` the average of the weights (vgg/ema.py)."""
 
     model: nn.Module
     model_args: dict[str, Any]
@@ -165,6 +167,7 @@ class Resumable:
     config: dict[str, Any]
     preprocessing: dict[str, Any]
     provenance: dict[str, Any] | None = None
+    ema: WeightAverage | None = None
 
     def checkpoint(self, state: TrainState) -> dict[str, Any]:
         """The checkpoint of ``state`` (a collective: every process calls it)."""
@@ -176,6 +179,7 @@ class Resumable:
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "copied_from_A": list(getattr(self.model, "copied_from_A", ())),
                 "pretrained_modules": list(getattr(self.model, "pretrained_modules", ())),
+                **(self.ema.state_dict() if self.ema is not None else {}),
                 **state.state_dict()}
 
     def restore(self, checkpoint: dict[str, Any], source: str, *, rank: int, world: int,
@@ -183,8 +187,13 @@ class Resumable:
         """Load ``checkpoint`` (of the same network, checked by the caller) into these
         objects and this process's RNGs; return its :class:`TrainState`.
         ``hyperparameters`` (lr, weight_decay, momentum) are the config's: they win over
-        the saved ones."""
+        the saved ones. An average the checkpoint lacks (--ema turned on when resuming)
+        starts from the restored weights."""
         load_model_state(self.model, checkpoint.get("model"), source)
+        if self.ema is not None and "model_ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint, source)
+        elif self.ema is not None:
+            self.ema.module.load_state_dict(self.model.state_dict())
         try:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.schedule.load_state_dict(checkpoint["scheduler"])
