@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import warnings
@@ -17,12 +18,14 @@ import pytest
 import torch
 
 from config import Config
+from vgg.checkpoint import load_checkpoint
 from vgg.data import DatasetError, DatasetNotFoundError, split_images
 from vgg.data.sampling import ResumableSampler, chunked_permutation
 from vgg.data.shards import main as shards_main
 from vgg.data.shards import write_shard_set
 from vgg.errors import UserError
 from vgg.provenance import split_fingerprint
+from vgg.run_log import MetricsLog
 from vgg.train_data import build_data
 
 try:
@@ -284,3 +287,38 @@ def test_imagenet_with_its_flat_devkit_labelled_val_trains_the_same_from_shards(
         assert shards.classes == files.classes and np.array_equal(shards.labels, files.labels)
         for i in range(len(files)):
             assert np.array_equal(decode_at(shards.images, i), decode_at(files.images, i))
+
+
+@needs_webdataset
+@pytest.mark.slow
+def test_two_ranks_train_on_shards_exactly_as_on_the_files(tmp_path):
+    """The cluster case (issue 19): torchrun's two gloo processes each read their half of
+    every epoch from the shards by random access, through a loader worker, and end with
+    bit-for-bit the weights and metrics of the same run on the files without workers.
+    (Mutation: one sample in four read from another index entry fails it at the weights.)"""
+    src, dst = tmp_path / "src", tmp_path / "shards"
+    write_tree(src, per_class=8)
+    write_shard_set(src, dst, workers=2, samples_per_shard=5)
+    runs = {}
+    for name, root, workers in (("files", src, "0"), ("shards", dst, "1")):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc_per_node", "2", "train.py", "--dataset", "ImageFolder",
+                   "--data_root", str(root), "--image_size", "32", "--model_version", "A",
+                   "--width", "0.25", "--fc_width", "16", "--batch_size", "4",
+                   "--micro_batch_size", "2", "--epochs", "2", "--workers", workers,
+                   "--device", "cpu", "--wandb", "disabled", "--progress", "false",
+                   "--log_interval", "1", "--out_dir", str(tmp_path / "runs"),
+                   "--run_name", name]
+        run = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], timeout=900,
+                             capture_output=True, text=True,
+                             env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"})
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "2 process(es)" in run.stdout
+        runs[name] = tmp_path / "runs" / name
+    files, shards = (load_checkpoint(runs[n] / "last.pt") for n in ("files", "shards"))
+    assert files["step"] == shards["step"] == 2 * 24 // 4  # 2 epochs of 24 images, 4 a step
+    for key, tensor in files["model"].items():
+        assert torch.equal(tensor, shards["model"][key]), key
+    losses = [[(r["step"], r.get("loss"), r.get("val_loss"))
+               for r in MetricsLog.read(runs[n] / "metrics.jsonl")] for n in ("files", "shards")]
+    assert losses[0] == losses[1]
