@@ -220,12 +220,17 @@ def test_datasets_hold_their_paths_as_shared_arrays_not_python_strings(tmp_path)
 
 
 @pytest.mark.slow
-def test_rank_0_lists_and_the_other_rank_reads_its_index(tmp_path):
+@pytest.mark.parametrize("slow_listing", [False, True], ids=["", "longer-than-the-group-timeout"])
+def test_rank_0_lists_and_the_other_rank_reads_its_index(tmp_path, slow_listing):
+    """Slow: rank 0 lists for 8 s in a process group whose collectives time out after 3 s
+    (NCCL's 10 minutes against a network file system): rank 1 waits for it regardless.
+    (Mutation: barrier() meeting in the default group fails it with gloo's timeout.)"""
     data = write_tree(tmp_path)
+    slow = {"LIST_DATA_GROUP_TIMEOUT": "3", "LIST_DATA_RANK0_DELAY": "8"} if slow_listing else {}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
          "2", "-m", "tests.list_data", "ImageFolder", "train", str(data), str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **slow})
     assert result.returncode == 0, result.stderr[-3000:]
     seen = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
     assert [s["rank"] for s in seen] == [0, 1]

@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -155,10 +156,23 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return reduced.to(tensor.device)
 
 
+# How long the other processes wait at barrier() for rank 0's work on the host: a first
+# listing of ImageNet's 1.28M files on a network file system can outlast the process group's
+# timeout (10 minutes under NCCL), which then kills the job as a hang.
+HOST_WAIT = timedelta(hours=2)
+_host_group: tuple[object, object] | None = None  # (the default group, its gloo twin)
+
+
 def barrier() -> None:
-    """Wait until every process has come here (nothing to wait for when alone)."""
-    if is_distributed():
-        dist.barrier()
+    """Wait, up to ``HOST_WAIT``, until every process has come here (nothing to wait for
+    when alone). It meets in a gloo group of its own: no GPU collective sits waiting, and the
+    training collectives keep their own, shorter timeout for real hangs."""
+    global _host_group
+    if not is_distributed():
+        return
+    if _host_group is None or _host_group[0] is not dist.group.WORLD:  # a new default group
+        _host_group = (dist.group.WORLD, dist.new_group(backend="gloo", timeout=HOST_WAIT))
+    dist.barrier(group=_host_group[1])
 
 
 def all_gather_object(obj) -> list:
