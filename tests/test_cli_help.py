@@ -17,9 +17,10 @@ import yaml
 
 import predict
 from config import Config, EvalConfig, PredictConfig
-from vgg import export, plot, results
+from vgg import export, plot, reproduce, results
 from vgg.export import ExportConfig
 from vgg.plot import PlotConfig
+from vgg.reproduce import ReproduceConfig
 from vgg.results import ResultsConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +68,8 @@ def sections(text: str) -> dict[str, list[str]]:
     ("-m vgg.plot", PlotConfig, ["options", "what to plot", "output"], {"--out": "output"}),
     ("-m vgg.results", ResultsConfig, ["options", "what to report", "output"],
      {"--csv": "output"}),
+    ("-m vgg.reproduce", ReproduceConfig, ["options", "the plan", "what to run"],
+     {"--plan_dir": "the plan", "--stages": "what to run", "--dry_run": "what to run"}),
 ])
 def test_options_are_grouped_by_the_config_sections(tool, cls, headings, placed):
     text = help_of(*tool.split())
@@ -146,7 +149,8 @@ def option_help(text: str) -> dict[str, str]:
 COMMANDS = {"predict.py": ("predict.py", PredictConfig), "vgg.export": ("-m vgg.export",
                                                                        ExportConfig),
             "vgg.plot": ("-m vgg.plot", PlotConfig), "vgg.results": ("-m vgg.results",
-                                                                     ResultsConfig)}
+                                                                     ResultsConfig),
+            "vgg.reproduce": ("-m vgg.reproduce", ReproduceConfig)}
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -179,7 +183,7 @@ def test_predict_precision_and_device_say_what_they_mean():
 
 
 MAINS = {"predict.py": predict.main, "vgg.export": export.main, "vgg.plot": plot.main,
-         "vgg.results": results.main}
+         "vgg.results": results.main, "vgg.reproduce": reproduce.main}
 
 # Per command: flags (the bare arguments among them), and the configuration they resolve to.
 GIVEN = {
@@ -193,6 +197,11 @@ GIVEN = {
     "vgg.plot": (["runs/D", "--out", "cmp.png", "runs/E"],
                  {"runs": ["runs/D", "runs/E"], "out": "cmp.png"}),
     "vgg.results": (["--csv", "r.csv"], {"paths": ["runs"], "csv": "r.csv"}),
+    "vgg.reproduce": (["digits_tiny", "--stages", "A", "B,C", "--dry-run", "--launcher",
+                       "torchrun --nproc_per_node 2"],
+                      {"plan": "digits_tiny", "plan_dir": None, "stages": ["A", "B", "C"],
+                       "until": None, "launcher": "torchrun --nproc_per_node 2",
+                       "dry_run": True, "status": False}),
 }
 
 
@@ -244,6 +253,8 @@ def test_a_yaml_file_sets_values_and_flags_override_it(command, written, flags, 
                                                "python -m vgg.plot --help lists every option"),
     ("vgg.results", ["--cvs", "r.csv"], "unknown flag --cvs (did you mean --csv?); "
                                         "python -m vgg.results --help lists every option"),
+    ("vgg.reproduce", ["digits_tiny", "--dryrun"], "unknown flag --dryrun (did you mean "
+     "--dry_run?); python -m vgg.reproduce --help lists every option"),
 ])
 def test_a_bad_flag_is_a_one_paragraph_error(command, argv, message, capsys):
     assert MAINS[command](argv) == 2
@@ -269,6 +280,7 @@ def test_predict_takes_dash_aliases_and_bare_booleans(capsys):
                        "[IMAGE_OR_FOLDER ...]) or as inputs: in --config FILE.yaml"),
     ("vgg.export", ["--out", "d"], "RUN_OR_FILE is missing"),
     ("vgg.plot", [], "RUN is missing"),
+    ("vgg.reproduce", ["--dry_run"], "PLAN is missing"),
     ("vgg.export", ["runs/a", "runs/b"], "unexpected command-line arguments ['runs/b']; usage: "
                                          "python -m vgg.export [--config FILE.yaml] "
                                          "[--OPTION VALUE ...] RUN_OR_FILE"),

@@ -27,7 +27,6 @@ running in another process, 128+N stopped by signal N (the stage in progress sav
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import dataclasses
 import difflib
@@ -695,28 +694,35 @@ def selection(plan: Plan, stages: list[str] | None, until: str | None) -> set[st
     return chosen
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vgg.reproduce",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("plan", help="a plan file, or a name in configs/plans/")
-    parser.add_argument("--plan_dir", type=Path,
-                        help="where the plan's runs live (default: runs/<plan name>)")
-    parser.add_argument("--dry_run", action="store_true",
-                        help="print the commands in order, run nothing")
-    parser.add_argument("--status", action="store_true",
-                        help="print the status table, run nothing")
-    parser.add_argument("--stages", nargs="+", metavar="STAGE",
-                        help="run these stages only (and the evaluations of these alone)")
-    parser.add_argument("--until", metavar="STAGE",
-                        help="run this stage and the stages it needs, then stop")
-    parser.add_argument("--launcher", help="the command each stage runs under, replacing "
-                                           "the plan's: e.g. 'torchrun --nproc_per_node 4'")
-    args = parser.parse_args(argv)
+@dataclasses.dataclass
+class ReproduceConfig:
+    """The options of ``python -m vgg.reproduce`` (vgg/configuration.py: flags and YAML)."""
+    # --- the plan ---
+    plan: str | None = configuration.positional(
+        "PLAN", help="a plan file, or a name in configs/plans/")
+    plan_dir: str | None = None  # where the plan's runs live; none: runs/<plan name>
+    # --- what to run ---
+    stages: list[str] | None = dataclasses.field(default=None, metadata={
+        "metavar": "STAGE [STAGE ...]",
+        "help": "run these stages only (and the evaluations of these alone)"})
+    until: str | None = dataclasses.field(default=None, metadata={
+        "metavar": "STAGE", "help": "run this stage and the stages it needs, then stop"})
+    launcher: str | None = dataclasses.field(default=None, metadata={
+        "metavar": "COMMAND", "help": "the command each stage runs under, replacing the "
+                                      "plan's: e.g. 'torchrun --nproc_per_node 4'"})
+    dry_run: bool = False  # print the commands in order, run nothing
+    status: bool = False  # print the status table, run nothing
 
+
+def main(argv: list[str] | None = None) -> int:
     def reproduce() -> int:
+        args = configuration.command_config(ReproduceConfig, argv, __doc__,
+                                            "python -m vgg.reproduce")
+        if args is None:  # --print_config
+            return 0
         path = plan_path(args.plan)
         plan = load_plan(path, args.launcher)
-        runner = Runner(plan, args.plan_dir or Path("runs") / plan.name)
+        runner = Runner(plan, Path(args.plan_dir or Path("runs") / plan.name))
         selected = selection(plan, args.stages, args.until)
         if args.dry_run:
             for task_name, task in runner.tasks(selected):
