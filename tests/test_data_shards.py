@@ -19,7 +19,7 @@ import torch
 
 from config import Config
 from vgg.checkpoint import load_checkpoint
-from vgg.data import DatasetError, DatasetNotFoundError, split_images
+from vgg.data import DatasetError, split_images
 from vgg.data.sampling import ResumableSampler, chunked_permutation
 from vgg.data.shards import main as shards_main
 from vgg.data.shards import write_shard_set
@@ -141,7 +141,7 @@ def test_an_interrupted_writing_resumes_keeping_the_finished_shards(tree):
     (dst / "train.index.npz").unlink()
     (dst / "train-000002.tar").unlink()
     kept = (dst / "train-000000.tar").stat().st_ino
-    with pytest.raises(DatasetNotFoundError, match="it keeps the finished shards"):
+    with pytest.raises(DatasetError, match="it keeps the finished shards"):
         split_images("ImageFolder", "train", dst)
     write_shard_set(src, dst, workers=2, samples_per_shard=5)
     assert (dst / "train-000000.tar").stat().st_ino == kept
@@ -223,6 +223,10 @@ def test_a_missing_index_says_to_run_the_writer_again(tree):
     write_shard_set(src, dst, samples_per_shard=5)
     (dst / "train.index.npz").unlink()
     assert_refused(dst, UserError, "but not their index train.index.npz")
+    # The data is there, incomplete: no hint to try the quickstart's offline data instead.
+    with pytest.raises(UserError) as refused:
+        build_data(shard_config(dst), 0, 1)
+    assert "quickstart" not in str(refused.value)
 
 
 @needs_webdataset

@@ -82,8 +82,8 @@ def _check_shards(root: Path, split: str, samples: ShardSamples, shard_bytes: np
     for number, name in enumerate(samples.shard_names):
         path = root / name
         if not path.is_file():
-            raise DatasetNotFoundError(f"{path} is missing: the index {index_path(root, split)}"
-                                       f" holds samples in it; copy it back, or {again}")
+            raise DatasetError(f"{path} is missing: the index {index_path(root, split)} "
+                               f"holds samples in it; copy it back, or {again}")
         if path.stat().st_size != shard_bytes[number]:
             raise DatasetError(f"{path} has {path.stat().st_size} bytes, but the index "
                                f"{index_path(root, split)} recorded {shard_bytes[number]}: it "
@@ -110,7 +110,7 @@ def open_split(root: Path, split: str) -> ImageSet | None:
     path = index_path(root, split)
     if not path.is_file():
         if (root / shard_name(split, 0)).is_file():
-            raise DatasetNotFoundError(
+            raise DatasetError(  # an incomplete set, not a missing one
                 f"{root} holds {split} shards but not their index {path.name}: their writing "
                 f"was interrupted, or the index was removed. Run {WRITE_COMMAND} again with "
                 f"the same source and options: it keeps the finished shards and writes the "
