@@ -24,9 +24,9 @@ EPOCH_LRS = [0.01, 0.01, 0.001, 0.001]
 DIVIDED_AFTER = 2
 
 
-def write_run(run_dir, fmt="jsonl", shift=0.0):
+def write_run(run_dir, fmt="jsonl", shift=0.0, ema=False):
     """A run directory with a metrics file in the trainer's own format: interval rows and
-    epoch rows, as train.py writes them."""
+    epoch rows, as train.py writes them (with ``ema``, as --ema writes them)."""
     run_dir.mkdir(parents=True)
     log = MetricsLog(run_dir / f"metrics.{fmt}", fmt)
     for epoch, lr in enumerate(EPOCH_LRS, start=1):
@@ -36,7 +36,9 @@ def write_run(run_dir, fmt="jsonl", shift=0.0):
                    "loss": 2.0 / epoch + shift, "top1_err": 0.8 / epoch, "top5_err": 0.4 / epoch,
                    "lr": lr, "lr_divided": epoch == DIVIDED_AFTER,
                    "val_loss": 2.2 / epoch + shift, "val_top1_err": 0.9 / epoch,
-                   "val_top5_err": 0.5 / epoch, "val_n": 100, "time": 0.0})
+                   "val_top5_err": 0.5 / epoch, "val_n": 100, "time": 0.0,
+                   **({"val_ema_loss": 2.1 / epoch, "val_ema_top1_err": 0.7 / epoch,
+                       "val_ema_top5_err": 0.3 / epoch, "best_by": "ema"} if ema else {})})
     return run_dir
 
 
@@ -97,6 +99,21 @@ def test_one_run_draws_seven_curves_and_marks_the_lr_drop(tmp_path):
     assert pixels.shape == (750, 1100, 3)  # figsize (11, 7.5) at 100 dpi
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # not blank
     assert colour_pixels(pixels, BLUE) > 200 and colour_pixels(pixels, ORANGE) == 0
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_run_with_ema_also_draws_its_averages_validation(tmp_path, fmt):
+    """Three more curves, dotted, in the run's colour, with the average's figures: from
+    JSON lines and from CSV. (Mutation: drawing val_top1_err as the EMA's fails it.)"""
+    run = write_run(tmp_path / "run", fmt=fmt, ema=True)
+    figure = plot_curves([run], tmp_path / "curves.png")
+    ema = {ax.get_title(): line for ax in figure.axes for line in ax.get_lines()
+           if line.get_label() == "run validation, EMA"}
+    assert sorted(ema) == ["loss", "top-1 error", "top-5 error"]
+    for title, per_epoch in (("loss", 2.1), ("top-1 error", 0.7), ("top-5 error", 0.3)):
+        np.testing.assert_allclose(ema[title].get_ydata(), [per_epoch / e for e in range(1, 5)])
+        assert ema[title].get_linestyle() == ":" and ema[title].get_color() == "C0"
+    assert len(curves(figure)) == 10
 
 
 def test_comparison_draws_each_run_in_its_own_colour(tmp_path):

@@ -30,10 +30,11 @@ CURVES_FILE = "curves.png"
 # Up to this many classes the matrix itself is legible; beyond, the most-confused pairs.
 MAX_MATRIX_CLASSES = 30
 PAIRS_CHART = 20
-# (title, metrics field of the training rows, of the validation rows)
-CURVE_PANELS = (("loss", "loss", "val_loss"),
-                ("top-1 error", "top1_err", "val_top1_err"),
-                ("top-5 error", "top5_err", "val_top5_err"))
+# (title, metrics field of the training rows, of the validation rows, of the validation of
+# the weights' average that --ema keeps)
+CURVE_PANELS = (("loss", "loss", "val_loss", "val_ema_loss"),
+                ("top-1 error", "top1_err", "val_top1_err", "val_ema_top1_err"),
+                ("top-5 error", "top5_err", "val_top5_err", "val_ema_top5_err"))
 
 
 class PlotError(UserError):
@@ -98,7 +99,8 @@ def run_names(runs: Sequence[str | Path]) -> list[str]:
 
 def curves_figure(runs: Sequence[str | Path]):
     """A Figure with four panels sharing the epoch axis: loss, top-1 error and top-5 error
-    (training solid, validation dashed) and the learning rate (log scale); one colour per
+    (training solid, validation dashed, and a run with --ema its average's validation
+    dotted) and the learning rate (log scale); one colour per
     run, the lr drops as dotted vertical lines in the run's colour on every panel. Every
     curve is a Line2D whose label names it; drop markers' labels start with ``_``."""
     from matplotlib.figure import Figure
@@ -112,10 +114,14 @@ def curves_figure(runs: Sequence[str | Path]):
     colours = [f"C{i % 10}" for i in range(len(runs))]
     for name, data, colour in zip(run_names(runs), series, colours, strict=True):
         epochs = data["epoch"]
-        for ax, (_, train_field, val_field) in zip(axes, CURVE_PANELS, strict=False):
+        for ax, (_, train_field, val_field, ema_field) in zip(axes, CURVE_PANELS,
+                                                              strict=False):
             ax.plot(epochs, data[train_field], "o-", color=colour, ms=3, label=f"{name} train")
             ax.plot(epochs, data[val_field], "s--", color=colour, ms=3,
                     label=f"{name} validation")
+            if not np.isnan(data[ema_field]).all():
+                ax.plot(epochs, data[ema_field], "^:", color=colour, ms=3,
+                        label=f"{name} validation, EMA")
         # epoch e trained over (e - 1, e]: a step from the epoch's start to its end
         axes[3].plot(np.r_[epochs[0] - 1, epochs], np.r_[data["lr"][:1], data["lr"]],
                      color=colour, drawstyle="steps-pre", label=f"{name} lr")
