@@ -54,7 +54,7 @@ from vgg.model import build_vgg
 from vgg.optim import LRSchedule, build_optimizer
 from vgg.pretrained import PretrainedWeights, TransferReport, freeze, load_pretrained, read_weights
 from vgg.progress import Progress
-from vgg.provenance import dataset_fingerprint, provenance
+from vgg.provenance import dataset_change, dataset_fingerprint, provenance
 from vgg.rng import seed_everything
 from vgg.run_dir import NonFiniteWeights, RunDirectory, checkpoint_path
 from vgg.run_log import RunLog, summary_writer_class
@@ -454,6 +454,15 @@ def run(cfg: Config, resume: Resume | None, rank: int, world: int, device: torch
             f"epochs = {data.steps_per_epoch * cfg.epochs} iterations"
             + (f", EMA of the weights at decay {cfg.ema:g}" if cfg.ema is not None else "")
             + (f", resuming at epoch {state.epoch + 1} step {state.step}" if resume else ""))
+        if resume is not None and (change := dataset_change(resume.checkpoint.get("provenance"),
+                                                             resumable.provenance)):
+            # Not refused: a fixed label or a replaced image is a choice a user may make. But
+            # the order of the epoch it resumes in, and a held-out split, are drawn anew.
+            run_log.print(f"warning: --resume: the data is not what this run trained on so "
+                          f"far ({change}); it goes on with the data as it is now, so it is "
+                          "no longer an exact continuation: the resumed epoch's order and a "
+                          "held-out validation split are drawn over the new data. Restore "
+                          "the data to continue exactly")
         if resume is not None and (cfg.ema is not None) != ("model_ema" in resume.checkpoint):
             run_log.print("--ema: the checkpoint holds no average of the weights; it starts "
                           "from the resumed weights" if cfg.ema is not None else

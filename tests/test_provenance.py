@@ -27,7 +27,7 @@ from vgg.checkpoint import CheckpointError, load_checkpoint
 from vgg.data import ImageFileDataset
 from vgg.data.file_list import FileList
 from vgg.data.imageset import ImageSet
-from vgg.provenance import dataset_fingerprint, git_state, split_fingerprint
+from vgg.provenance import dataset_change, dataset_fingerprint, git_state, split_fingerprint
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -228,3 +228,53 @@ def test_checkpoints_without_provenance_load_and_a_crafted_one_is_refused(tmp_pa
         torch.save(crafted, tmp_path / "crafted.pt")
         with pytest.raises(CheckpointError, match=f"provenance {needle}"):
             load_checkpoint(tmp_path / "crafted.pt")
+
+
+def test_dataset_change_compares_each_split_by_count_then_by_index():
+    def record(**splits):
+        return {"dataset": {"name": "ImageFolder", "classes": 2, "splits": splits}}
+
+    same = record(train={"images": 14, "sha256": "a"}, val={"images": 2, "sha256": "b"})
+    assert dataset_change(same, same) is None
+    assert dataset_change(same, record(train={"images": 15, "sha256": "c"},
+                                       val={"images": 2, "sha256": "b"})) == \
+        "train 14 images then, 15 now"
+    assert dataset_change(same, record(train={"images": 14, "sha256": "a"},
+                                       val={"images": 2, "sha256": "d"})) == \
+        "val 2 images, other files or labels"
+    counted_only = record(train={"images": 14}, val={"images": 2})
+    assert dataset_change(counted_only, same) is None  # nothing to compare but counts
+    assert dataset_change({"dataset": None}, same) is None  # a checkpoint without one
+    assert dataset_change(None, same) is None
+
+
+def test_resuming_on_changed_data_warns_that_it_is_no_longer_exact(tmp_path, capsys):
+    """Silent while the images are as they were; an image added, then one moved to another
+    class, each named in a warning, and the run goes on. (Mutation: comparing the
+    fingerprints of the checkpoint with themselves fails it.)"""
+    photos, run_dir = tmp_path / "photos", tmp_path / "run"
+    write_image_folder(photos, ["cat", "dog"], per_class=8, splits=("train",))
+    assert train.main(tiny(run_dir, "--dataset", "ImageFolder", "--data_root", str(photos),
+                           "--image_size", "32", "--train_subset", "none", "--val_subset",
+                           "none", "--max_steps", "1")) == 0
+
+    def resume(steps: int) -> tuple[str, dict]:
+        capsys.readouterr()
+        before = load_checkpoint(run_dir / "last.pt")["provenance"]["dataset"]["splits"]
+        assert train.main(["--resume", str(run_dir), "--max_steps", str(steps)]) == 0
+        return capsys.readouterr().out, before
+
+    out, _ = resume(2)
+    assert "warning: --resume" not in out
+    shutil.copy(photos / "train" / "cat" / "0.png", photos / "train" / "cat" / "new.png")
+    out, before = resume(3)
+    now = load_checkpoint(run_dir / "last.pt")["provenance"]["dataset"]["splits"]
+    assert now["train"]["images"] + now["val"]["images"] == 17
+    changed = [f"{split} {before[split]['images']} images then, {now[split]['images']} now"
+               for split in ("train", "val") if before[split]["images"] != now[split]["images"]]
+    # (and the held-out val split, drawn over 17 images now, may hold other files)
+    assert changed and f"warning: --resume: the data is not what this run trained on so far " \
+                       f"({'; '.join(changed)}" in out
+    (photos / "train" / "cat" / "new.png").rename(photos / "train" / "dog" / "new.png")
+    out, _ = resume(4)
+    assert "other files or labels" in out and "no longer an exact continuation" in out

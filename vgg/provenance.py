@@ -178,6 +178,29 @@ def dataset_fingerprint(name: str, splits: Mapping[str, Dataset],
             "splits": {split: split_fingerprint(data, root) for split, data in splits.items()}}
 
 
+def dataset_change(before: Mapping[str, Any] | None, now: Mapping[str, Any] | None
+                   ) -> str | None:
+    """How the data of provenance record ``now`` differs from that of ``before`` (a resumed
+    checkpoint's), split by split: ``"train 96 images then, 97 now"``, or ``"val 32 images,
+    other files or labels"`` where only the index hash differs. None where they agree, or
+    where either record has no fingerprint to compare (a checkpoint from before they were
+    recorded; a dataset class that is only counted)."""
+    was = (before or {}).get("dataset") or {}
+    is_ = (now or {}).get("dataset") or {}
+    changes = []
+    for split, then in was.get("splits", {}).items():
+        current = is_.get("splits", {}).get(split)
+        if current is None:
+            continue
+        if then.get("images") != current.get("images"):
+            changes.append(f"{split} {then.get('images')} images then, "
+                           f"{current.get('images')} now")
+        elif None not in (then.get("sha256"), current.get("sha256")) and \
+                then["sha256"] != current["sha256"]:
+            changes.append(f"{split} {current['images']} images, other files or labels")
+    return "; ".join(changes) or None
+
+
 def describe(record: Mapping[str, Any]) -> str:
     """A record as one line: ``vgg-reproduced 0.3.0 at commit 1a2b3c4d5e6f (dirty), torch
     2.14.1, torchvision 0.29.1, CUDA 13.0, cuDNN 91002, on cpu (x86_64); data Digits
