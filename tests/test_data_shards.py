@@ -277,8 +277,9 @@ def test_writing_into_a_stale_shard_set_after_the_tree_changed_is_refused(tree):
 @needs_webdataset
 def test_imagenet_with_its_flat_devkit_labelled_val_trains_the_same_from_shards(tmp_path):
     """ImageNet as released: val/ flat, labelled by the devkit in no class order. Every
-    split read from the shards has the files' labels and pixels, in the files' order.
-    (Mutation: the index storing the labels sorted fails it.)"""
+    split read from the shards has the files' labels and pixels, in the files' order. Its
+    test split is its val (the official validation set): written once, indexed twice.
+    (Mutations: the index storing the labels sorted, or writing test's shards, fail it.)"""
     from tests.fakedata import write_imagenet_folders
     from vgg.data.imageset import decode_at
 
@@ -291,6 +292,12 @@ def test_imagenet_with_its_flat_devkit_labelled_val_trains_the_same_from_shards(
         assert shards.classes == files.classes and np.array_equal(shards.labels, files.labels)
         for i in range(len(files)):
             assert np.array_equal(decode_at(shards.images, i), decode_at(files.images, i))
+    written = sorted(p.name for p in dst.iterdir())
+    assert not [name for name in written if name.startswith("test-")]
+    assert "test.index.npz" in written  # and val: 9 images in shards of 4
+    assert len([n for n in written if n.startswith("val-")]) == 3
+    write_shard_set(src, dst, dataset="ImageNet", samples_per_shard=4)  # a rerun: the same
+    assert sorted(p.name for p in dst.iterdir()) == written
 
 
 @needs_webdataset

@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import multiprocessing
 import os
+import shutil
 import sys
 import tarfile
 from collections.abc import Sequence
@@ -210,6 +211,12 @@ def _write_index(dst: Path, split: Split, names: Sequence[str], shard: np.ndarra
                  size=size)
 
 
+def same_images(a: ImageSet, b: ImageSet) -> bool:
+    """The same files with the same labels and classes, in the same order."""
+    return (a.classes == b.classes and np.array_equal(a.labels, b.labels)
+            and isinstance(a.images, FileList) and a.images == b.images)
+
+
 def write_shard_set(src: Path, dst: Path, dataset: str = "ImageFolder", workers: int = 1,
                     samples_per_shard: int = SAMPLES_PER_SHARD, seed: int = 0
                     ) -> dict[str, list[str]]:
@@ -220,8 +227,17 @@ def write_shard_set(src: Path, dst: Path, dataset: str = "ImageFolder", workers:
         raise UserError("--samples_per_shard and --workers must be at least 1")
     splits = source_splits(src, dataset)
     check_folder(dst, f"{PROGRAM} {dst}")
-    unreadable = {}
+    unreadable: dict[str, list[str]] = {}
     for name, images in splits.items():
+        same = next((other for other in unreadable if same_images(splits[other], images)), None)
+        if same is not None:  # ImageNet's test split is its val: one set of shards for both
+            with open(index_path(dst, same), "rb") as index, \
+                    replace_atomically(index_path(dst, name), "wb") as copy:
+                shutil.copyfileobj(index, copy)
+            unreadable[name] = unreadable[same]
+            print(f"{name}: the {same} split's {len(images)} images, index "
+                  f"{index_path(dst, name)} over its shards")
+            continue
         split = plan(src, name, images, samples_per_shard, seed)
         unreadable[name] = write_split(dst, split, workers)
         print(f"{name}: {len(images)} images in {len(split.shards())} shard(s), index "
