@@ -18,6 +18,8 @@ import yaml
 import predict
 from config import Config, EvalConfig, PredictConfig
 from vgg import export, plot, reproduce, results
+from vgg.data import shards
+from vgg.data.shards import ShardsConfig
 from vgg.export import ExportConfig
 from vgg.plot import PlotConfig
 from vgg.reproduce import ReproduceConfig
@@ -70,6 +72,8 @@ def sections(text: str) -> dict[str, list[str]]:
      {"--csv": "output"}),
     ("-m vgg.reproduce", ReproduceConfig, ["options", "the plan", "what to run"],
      {"--plan_dir": "the plan", "--stages": "what to run", "--dry_run": "what to run"}),
+    ("-m vgg.data.shards", ShardsConfig, ["options", "what to write", "how"],
+     {"--dataset": "what to write", "--workers": "how"}),
 ])
 def test_options_are_grouped_by_the_config_sections(tool, cls, headings, placed):
     text = help_of(*tool.split())
@@ -150,7 +154,8 @@ COMMANDS = {"predict.py": ("predict.py", PredictConfig), "vgg.export": ("-m vgg.
                                                                        ExportConfig),
             "vgg.plot": ("-m vgg.plot", PlotConfig), "vgg.results": ("-m vgg.results",
                                                                      ResultsConfig),
-            "vgg.reproduce": ("-m vgg.reproduce", ReproduceConfig)}
+            "vgg.reproduce": ("-m vgg.reproduce", ReproduceConfig),
+            "vgg.data.shards": ("-m vgg.data.shards", ShardsConfig)}
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -167,10 +172,14 @@ def test_each_option_has_help_and_one_default(command):
         assert entry.count("(default:") == 1, entry
         assert len(entry[:entry.index("(default:")].strip()) > 10, (f.name, entry)
     assert all(helps.values()), helps
-    # The bare arguments are in the usage line and explained under their section.
-    positional = [f for f in dataclasses.fields(cls) if f.metadata.get("positional")]
-    assert len(positional) == 1 and positional[0].metadata["metavar"] in text.splitlines()[0]
-    assert re.search(rf"^  {positional[0].metadata['metavar']}  +\w", text, re.MULTILINE)
+    # The bare arguments are in the usage line, in order, and explained under their section.
+    positional = [f.metadata["metavar"] for f in dataclasses.fields(cls)
+                  if f.metadata.get("positional")]
+    usage = text.splitlines()[0].split("...]", 1)[1]  # after [--OPTION VALUE ...]
+    places = [usage.find(metavar) for metavar in positional]
+    assert positional and -1 not in places and places == sorted(places), usage
+    for metavar in positional:
+        assert re.search(rf"^  {metavar}  +\w", text, re.MULTILINE), metavar
 
 
 def test_predict_precision_and_device_say_what_they_mean():
@@ -183,7 +192,8 @@ def test_predict_precision_and_device_say_what_they_mean():
 
 
 MAINS = {"predict.py": predict.main, "vgg.export": export.main, "vgg.plot": plot.main,
-         "vgg.results": results.main, "vgg.reproduce": reproduce.main}
+         "vgg.results": results.main, "vgg.reproduce": reproduce.main,
+         "vgg.data.shards": shards.main}
 
 # Per command: flags (the bare arguments among them), and the configuration they resolve to.
 GIVEN = {
@@ -202,6 +212,9 @@ GIVEN = {
                       {"plan": "digits_tiny", "plan_dir": None, "stages": ["A", "B", "C"],
                        "until": None, "launcher": "torchrun --nproc_per_node 2",
                        "dry_run": True, "status": False}),
+    "vgg.data.shards": (["photos", "--workers", "3", "--samples-per-shard", "50", "shards"],
+                        {"src": "photos", "dst": "shards", "dataset": "ImageFolder",
+                         "workers": 3, "samples_per_shard": 50, "seed": 0}),
 }
 
 
@@ -255,11 +268,14 @@ def test_a_yaml_file_sets_values_and_flags_override_it(command, written, flags, 
                                         "python -m vgg.results --help lists every option"),
     ("vgg.reproduce", ["digits_tiny", "--dryrun"], "unknown flag --dryrun (did you mean "
      "--dry_run?); python -m vgg.reproduce --help lists every option"),
+    ("vgg.data.shards", ["a", "b", "--worker", "2"], "unknown flag --worker (did you mean "
+     "--workers?); python -m vgg.data.shards --help lists every option"),
 ])
 def test_a_bad_flag_is_a_one_paragraph_error(command, argv, message, capsys):
     assert MAINS[command](argv) == 2
     captured = capsys.readouterr()
-    program = "python -m vgg.export" if command == "vgg.export" else command
+    program = f"python -m {command}" if command in ("vgg.export", "vgg.data.shards") \
+        else command
     assert captured.err == f"{program}: error: {message}\n" and not captured.out
 
 
@@ -281,6 +297,7 @@ def test_predict_takes_dash_aliases_and_bare_booleans(capsys):
     ("vgg.export", ["--out", "d"], "RUN_OR_FILE is missing"),
     ("vgg.plot", [], "RUN is missing"),
     ("vgg.reproduce", ["--dry_run"], "PLAN is missing"),
+    ("vgg.data.shards", ["photos"], "DST is missing"),
     ("vgg.export", ["runs/a", "runs/b"], "unexpected command-line arguments ['runs/b']; usage: "
                                          "python -m vgg.export [--config FILE.yaml] "
                                          "[--OPTION VALUE ...] RUN_OR_FILE"),

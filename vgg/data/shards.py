@@ -16,7 +16,6 @@ training skips it as it skips the file.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import multiprocessing
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vgg import configuration
 from vgg.atomic import check_folder, replace_atomically
 from vgg.data.decoding import decode_bytes
 from vgg.data.errors import DatasetError, DatasetNotFoundError
@@ -245,25 +245,30 @@ def write_shard_set(src: Path, dst: Path, dataset: str = "ImageFolder", workers:
     return unreadable
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", type=Path, metavar="SRC", help="the dataset's folder (its "
-                        "--data_root)")
-    parser.add_argument("dst", type=Path, metavar="DST", help="the shard set's folder, "
-                        "--data_root for training on it")
-    parser.add_argument("--dataset", default="ImageFolder", help="how SRC is laid out: "
-                        "ImageFolder (default) or ImageNet")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="processes writing shards (default: one per core)")
-    parser.add_argument("--samples_per_shard", type=int, default=SAMPLES_PER_SHARD,
-                        help=f"images per shard (default {SAMPLES_PER_SHARD})")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the order that spreads the images over the shards")
-    args = parser.parse_args(argv)
+@dataclass
+class ShardsConfig:
+    """The options of ``python -m vgg.data.shards`` (vgg/configuration.py: flags and YAML)."""
+    # --- what to write ---
+    src: str | None = configuration.positional(
+        "SRC", help="the dataset's folder (its --data_root)")
+    dst: str | None = configuration.positional(
+        "DST", help="the shard set's folder, --data_root for training on it")
+    dataset: str = "ImageFolder"  # how SRC is laid out: ImageFolder or ImageNet
+    # --- how ---
+    workers: int | None = None  # processes writing shards; none: one per core
+    samples_per_shard: int = SAMPLES_PER_SHARD  # images per shard
+    seed: int = 0  # seed of the order that spreads the images over the shards
 
+
+def main(argv: list[str] | None = None) -> int:
     def run() -> int:
-        unreadable = write_shard_set(args.src, args.dst, args.dataset, args.workers,
-                                     args.samples_per_shard, args.seed)
+        cfg = configuration.command_config(ShardsConfig, argv, __doc__, PROGRAM)
+        if cfg is None:  # --print_config
+            return 0
+        unreadable = write_shard_set(Path(cfg.src), Path(cfg.dst), cfg.dataset,
+                                     (os.cpu_count() or 1) if cfg.workers is None
+                                     else cfg.workers,
+                                     cfg.samples_per_shard, cfg.seed)
         bad = [file for files in unreadable.values() for file in files]
         if bad:
             print(f"could not read {len(bad)} file(s): " + ", ".join(bad), file=sys.stderr)
