@@ -62,7 +62,7 @@ COMMANDS = {"vgg-train": ["train.py"], "vgg-evaluate": ["evaluate.py"],
             "vgg-predict": ["predict.py"], "vgg-export": ["-m", "vgg.export"],
             "vgg-plot": ["-m", "vgg.plot"], "vgg-results": ["-m", "vgg.results"],
             "vgg-summary": ["-m", "vgg.summary"], "vgg-reproduce": ["-m", "vgg.reproduce"],
-            "vgg-lr-find": ["-m", "vgg.lr_find"]}
+            "vgg-lr-find": ["-m", "vgg.lr_find"], "vgg-shards": ["-m", "vgg.data.shards"]}
 
 
 def without_program_name(help_text: str) -> tuple[str, str]:
