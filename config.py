@@ -140,7 +140,7 @@ class Config:
     out_dir: str = "runs"  # parent of the run directories
     run_name: str | None = None  # run directory name; None = <dataset>-<version>-<time>
     checkpoint_interval: int = 0  # also write last.pt every this many steps (0 = per epoch)
-    keep_last_k: int = 0  # also keep the last k epoch checkpoints (epoch_<n>.pt)
+    keep_last_k: int = 0  # also keep the last k epoch checkpoints (epoch_001.pt, ...)
     on_nonfinite: str = choice("stop", ("stop", "skip"))  # non-finite loss: stop or skip step
     # the run is not learning (loss at ln(classes) after a warm-up budget, a divergence):
     # warn once (console, metrics, W&B) naming evidence and fixes, stop with a checkpoint, or

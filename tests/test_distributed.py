@@ -251,3 +251,38 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_ends_as_an_uninterrupted_
     assert [r["step"] for r in rows[1] if r["kind"] == "train"] == list(range(1, 25))
     assert [r["loss"] for r in rows[0] if r["kind"] == "train"] == \
         [r["loss"] for r in rows[1] if r["kind"] == "train"]
+
+
+@pytest.mark.slow
+def test_two_processes_average_the_weights_of_each_optimizer_step(tmp_path):
+    """--ema under torchrun with gradient accumulation (32 = 8 x 2 accumulation x 2
+    processes: one optimizer step per epoch): the average in the last checkpoint is the one
+    worked out from the raw weights and BatchNorm statistics the epoch checkpoints hold,
+    with the warmed-up decay min(0.5, (1 + n) / (10 + n)), the first update a copy.
+    (Mutation: updating the average after every micro-batch fails it.)"""
+    run_dir = tmp_path / "ema"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", "train.py", "--dataset", "Digits",
+               "--model_version", "A", "--width", "0.25", "--fc_width", "16",
+               "--batch_norm", "true", "--train_subset", "32", "--val_subset", "16",
+               "--batch_size", "32", "--micro_batch_size", "8", "--epochs", "3",
+               "--ema", "0.5", "--keep_last_k", "3", "--workers", "0", "--device", "cpu",
+               "--wandb", "disabled", "--progress", "false", "--out_dir", str(tmp_path),
+               "--run_name", "ema"]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    steps = [load_checkpoint(run_dir / f"epoch_{epoch:03d}.pt") for epoch in (1, 2, 3)]
+    assert [c["step"] for c in steps] == [1, 2, 3] and steps[-1]["ema_updates"] == 3
+    for key, final in steps[-1]["model_ema"].items():
+        raw = [c["model"][key].double() for c in steps]
+        if not final.is_floating_point():  # BatchNorm's batch counter: the network's
+            assert torch.equal(final, steps[-1]["model"][key]), key
+            continue
+        expected = raw[0]
+        for updates, weights in enumerate(raw[1:], start=1):
+            decay = min(0.5, (1 + updates) / (10 + updates))
+            expected = decay * expected + (1 - decay) * weights
+        torch.testing.assert_close(final.double(), expected, rtol=1e-5, atol=1e-6, msg=key)
+    assert not torch.equal(steps[-1]["model_ema"]["features.0.weight"],
+                           steps[-1]["model"]["features.0.weight"])
