@@ -222,11 +222,13 @@ def test_datasets_hold_their_paths_as_shared_arrays_not_python_strings(tmp_path)
 @pytest.mark.slow
 @pytest.mark.parametrize("slow_listing", [False, True], ids=["", "longer-than-the-group-timeout"])
 def test_rank_0_lists_and_the_other_rank_reads_its_index(tmp_path, slow_listing):
-    """Slow: rank 0 lists for 8 s in a process group whose collectives time out after 3 s
+    """Slow: rank 0 lists for 25 s in a process group whose collectives time out after 10 s
     (NCCL's 10 minutes against a network file system): rank 1 waits for it regardless.
-    (Mutation: barrier() meeting in the default group fails it with gloo's timeout.)"""
+    (Mutation: barrier() meeting in the default group fails it with gloo's timeout.) 10 s,
+    not less: the group's own start-up must not time out on a loaded machine."""
     data = write_tree(tmp_path)
-    slow = {"LIST_DATA_GROUP_TIMEOUT": "3", "LIST_DATA_RANK0_DELAY": "8"} if slow_listing else {}
+    slow = ({"LIST_DATA_GROUP_TIMEOUT": "10", "LIST_DATA_RANK0_DELAY": "25"} if slow_listing
+            else {})
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
          "2", "-m", "tests.list_data", "ImageFolder", "train", str(data), str(tmp_path)],
