@@ -405,7 +405,7 @@ def model_state(checkpoint: dict[str, Any], source: str) -> dict[str, torch.Tens
     return dict(state)
 
 
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def load_model_state(model: nn.Module, state: object, source: str) -> None:
     """``load_state_dict(strict=True)`` with a one-line reason instead of torch's dump; the
     whole network is loaded, so weights of the wrong kind or non-finite ones are refused."""
     if not isinstance(state, Mapping) or not all(
