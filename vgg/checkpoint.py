@@ -19,7 +19,7 @@ import pickle
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
@@ -41,7 +41,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
         with replace_atomically(path, "wb") as f:
             writer = RecordingWriter(f)
             try:
-                torch.save(state, writer)
+                # torch.save needs only write() and flush(); its annotation asks for IO[bytes].
+                torch.save(state, writer)  # type: ignore[arg-type]
             except RuntimeError:  # torch's zip writer hides the OSError of a failed write
                 if writer.error is None:
                     raise
@@ -60,11 +61,11 @@ RESIZES = ("bilinear", "antialias")
 MAX_PICKLE_BYTES = 256 * 2**20
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def is_integer(value: Any) -> bool:
+def is_integer(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -267,6 +268,7 @@ def check_checkpoint(checkpoint: dict[str, Any], source: str) -> None:
     args = checkpoint.get("model_args")
     problem = model_args_problem(args)
     if problem is None:
+        assert isinstance(args, dict)  # model_args_problem refuses anything else
         image_size = args.get("image_size", 224)
         preprocessing = checkpoint.get("preprocessing")
         problem = ((preprocessing_problem(preprocessing, args) if preprocessing is not None
@@ -280,6 +282,7 @@ def check_checkpoint(checkpoint: dict[str, Any], source: str) -> None:
                                          if isinstance(checkpoint.get(key), Mapping))), None)
                    or ema_problem(checkpoint))
     if problem is None:
+        assert isinstance(args, dict)  # as above: model_args_problem passed it
         # Evaluated at up to the largest training scale (dense evaluation: the whole image).
         scale = ((preprocessing or {}).get("train_scale")
                  or (checkpoint.get("config") or {}).get("train_scale") or image_size)
@@ -340,6 +343,7 @@ def declared_size_problem(path: Path) -> str | None:
             return f"its record cannot be read ({type(error).__name__})"
     args = record.get("model_args") if isinstance(record, dict) else None
     if model_args_problem(args) is None:
+        assert isinstance(args, dict)  # model_args_problem refuses anything else
         # Weights, optimizer momentum and more, at up to double precision, plus the rest.
         allowed, what = 4 * network_bytes(args) + 64 * 2**20, f"its network ({short_repr(args)})"
     else:
@@ -405,7 +409,7 @@ def model_state(checkpoint: dict[str, Any], source: str) -> dict[str, torch.Tens
     return dict(state)
 
 
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def load_model_state(model: nn.Module, state: object, source: str) -> None:
     """``load_state_dict(strict=True)`` with a one-line reason instead of torch's dump; the
     whole network is loaded, so weights of the wrong kind or non-finite ones are refused."""
     if not isinstance(state, Mapping) or not all(

@@ -483,9 +483,9 @@ def parse_args(cls: type, argv: Sequence[str] | None,
     args, rest = parser.parse_known_intermixed_args(argv)
     usage = parser.format_usage().strip()[len("usage: "):]
     if rest:
-        flags = [r.split("=")[0] for r in rest if r.startswith("--")]
-        if flags:
-            raise _unknown_flags(flags, parser)
+        unknown = [r.split("=")[0] for r in rest if r.startswith("--")]
+        if unknown:
+            raise _unknown_flags(unknown, parser)
         words = list(sys.argv[1:] if argv is None else argv)
         for flag, value in zip(words, words[1:], strict=False):
             if flag.startswith("--no-") and value == rest[0]:

@@ -108,6 +108,8 @@ def restart_store(launch: Launch, env: Mapping[str, str] = os.environ) -> dist.S
     otherwise."""
     if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
+    # torchrun's agent, which serves the store, sets MASTER_ADDR and MASTER_PORT with it.
+    assert launch.master_addr is not None and launch.master_port is not None
     store = dist.TCPStore(launch.master_addr, launch.master_port, launch.world_size,
                           is_master=False, timeout=dist.default_pg_timeout)
     return dist.PrefixStore(f"vgg/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
@@ -120,6 +122,7 @@ def init_distributed(device: str = "auto") -> tuple[int, int, int, torch.device]
     launch = launch_environment()
     world, local_rank = launch.world_size, launch.local_rank
     if launch.launcher == "slurm":  # what torchrun would have set, for init_process_group
+        assert launch.master_addr is not None  # launch_environment names one for slurm
         os.environ.update(RANK=str(launch.rank), WORLD_SIZE=str(world),
                           LOCAL_RANK=str(local_rank), MASTER_ADDR=launch.master_addr,
                           MASTER_PORT=str(launch.master_port))
@@ -160,7 +163,8 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 # listing of ImageNet's 1.28M files on a network file system can outlast the process group's
 # timeout (10 minutes under NCCL), which then kills the job as a hang.
 HOST_WAIT = timedelta(hours=2)
-_host_group: tuple[object, object] | None = None  # (the default group, its gloo twin)
+# (the default group, its gloo twin)
+_host_group: tuple[dist.ProcessGroup | None, dist.ProcessGroup] | None = None
 
 
 def barrier() -> None:
@@ -171,7 +175,9 @@ def barrier() -> None:
     if not is_distributed():
         return
     if _host_group is None or _host_group[0] is not dist.group.WORLD:  # a new default group
-        _host_group = (dist.group.WORLD, dist.new_group(backend="gloo", timeout=HOST_WAIT))
+        twin = dist.new_group(backend="gloo", timeout=HOST_WAIT)
+        assert isinstance(twin, dist.ProcessGroup)  # every rank is in it: never NON_GROUP_MEMBER
+        _host_group = (dist.group.WORLD, twin)
     dist.barrier(group=_host_group[1])
 
 

@@ -55,10 +55,12 @@ def prepare_model(model: nn.Module, device: torch.device, *, channels_last: bool
     distributed = is_distributed() if distributed is None else distributed
     if distributed and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(device, memory_format=torch.channels_last if channels_last
-                     else torch.contiguous_format)
+    # Module.to takes a device and a memory_format together; its stub's overloads do not.
+    model = model.to(device, memory_format=torch.channels_last  # type: ignore[call-overload]
+                     if channels_last else torch.contiguous_format)
     if compile:
-        model = torch.compile(model)
+        # An OptimizedModule (an nn.Module) for a module; the stub says only Callable.
+        model = torch.compile(model)  # type: ignore[assignment]
     if distributed:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
                     gradient_as_bucket_view=True)
@@ -118,8 +120,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
         x = x.to(device, non_blocking=True,
                  memory_format=torch.channels_last if channels_last else torch.preserve_format)
         y = y.to(device, non_blocking=True)
-        sync = i == len(window) - 1 or not isinstance(model, DDP)
-        with (contextlib.nullcontext() if sync else model.no_sync()):
+        # DDP all-reduces the gradients on the window's last micro-batch only.
+        with (model.no_sync() if isinstance(model, DDP) and i < len(window) - 1
+              else contextlib.nullcontext()):
             with autocast(device, autocast_dtype):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, reduction="sum",
@@ -232,6 +235,7 @@ def train_one_epoch(model: nn.Module, resumable: Resumable, loader, state: Train
                     raise stalled(state.step, run_dir.last)
                 interval, started, waited = Tally(), time.time(), 0.0
             elif sampled:
+                assert monitor is not None  # only sampled with a monitor
                 monitor.measure(result)
             stopping = result.stop or (cfg.max_steps is not None
                                         and state.step >= cfg.max_steps)

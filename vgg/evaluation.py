@@ -263,7 +263,8 @@ class Evaluator:
         self.dtype = autocast_dtype(self.precision, self.device)
         self.memory_format = (torch.channels_last if self.device.type == "cuda"
                               else torch.contiguous_format)
-        self.models = [m.eval().to(self.device, memory_format=self.memory_format)
+        # Module.to takes a device and a memory_format together; its stub's overloads do not.
+        self.models = [m.eval().to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
                        for m in models]
         self.dense_models = [m.to_dense().eval() for m in self.models]
 
@@ -291,7 +292,7 @@ class Evaluator:
 
     def dense(self, index: int, images: Sequence[torch.Tensor]) -> torch.Tensor:
         model, dense = self.models[index], self.dense_models[index]
-        log_posteriors: list[torch.Tensor | None] = [None] * len(images)
+        log_posteriors: dict[int, torch.Tensor] = {}  # image index: its row, every image
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, image in enumerate(images):
             if min(image.shape[-2:]) < model.image_size:
@@ -312,7 +313,7 @@ class Evaluator:
                 scores = log_mean_exp(scores.view(copies, len(group), -1))
                 for i, row in zip(group, scores, strict=True):
                     log_posteriors[i] = row
-        return torch.stack(log_posteriors)
+        return torch.stack([log_posteriors[i] for i in range(len(images))])
 
     def log_posteriors(self, batch: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
         """``batch[i][s]``: image i rescaled to the s-th test scale, (C, H, W). Returns the
@@ -371,10 +372,11 @@ class MultiScale:
         return tuple(t(*args, **kwargs) for t in self.transforms)
 
 
-def collate_samples(batch: Sequence[tuple[Any, int]]) -> tuple[list[tuple[torch.Tensor, ...]],
+def collate_samples(batch: Sequence[tuple[Any, int]]) -> tuple[list[Sequence[torch.Tensor]],
                                                                 torch.Tensor]:
     """Keep images as a list: at Q > image_size they differ in size."""
-    images = [image if isinstance(image, (tuple, list)) else (image,) for image, _ in batch]
+    images: list[Sequence[torch.Tensor]] = [
+        image if isinstance(image, (tuple, list)) else (image,) for image, _ in batch]
     return images, torch.tensor([int(label) for _, label in batch])
 
 

@@ -125,7 +125,8 @@ def weights_file(model: VGG, model_args: dict, x: torch.Tensor, expected: torch.
     loading ignores), reloaded (weights only) into a fresh network and, where the shapes
     allow, into torchvision's own model."""
     state = model.state_dict()
-    state._metadata[""] = {**state._metadata.get("", {}), **metadata}
+    # state_dict() is an OrderedDict with _metadata; its annotation says dict[str, Any].
+    state._metadata[""] = {**state._metadata.get("", {}), **metadata}  # type: ignore[attr-defined]
     buffer = io.BytesIO()
     torch.save(state, buffer)
     state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
@@ -178,10 +179,12 @@ def onnx_model(module: torch.nn.Module, x: torch.Tensor, dynamic: dict[int, Any]
 
     # Without it, tracing at one size specialises a class-score map side of 1 against > 1
     # and the spatial dimensions cannot stay dynamic.
-    with symbolic_shapes_config.patch(backed_size_oblivious=True):
+    # torch's config modules get patch() at import (install_config_module): no stub has it.
+    with symbolic_shapes_config.patch(backed_size_oblivious=True):  # type: ignore[attr-defined]
         program = torch.onnx.export(module, (x,), input_names=["images"],
                                     output_names=["scores"], dynamic_shapes=(dynamic,),
                                     dynamo=True, verbose=False)
+    assert program is not None  # dynamo=True always returns the ONNXProgram
     # model_proto serialises the program afresh at each access: edit one copy.
     proto = program.model_proto
     for key, value in metadata_strings(metadata).items():

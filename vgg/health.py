@@ -18,10 +18,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from vgg.model import VGG
 
 LOSS_TOLERANCE = 0.03  # a mean loss above (1 - this) x ln(C) is at chance
 ACCURACY_MARGIN = 0.1  # top-1 within this share of the way from chance to 100% is at chance
@@ -62,7 +65,7 @@ class HealthMonitor:
     only warned. ``state`` is ``TrainState.health``, restored on resume: a run
     warned before is not warned again."""
 
-    def __init__(self, network: nn.Module, *, num_classes: int, steps_per_epoch: int,
+    def __init__(self, network: VGG, *, num_classes: int, steps_per_epoch: int,
                  warmup_steps: int, remedies: list[tuple[str, str]], state: dict[str, Any],
                  stops: bool = False, grad_clip: float | None = None,
                  sample_dead: bool = True):
@@ -144,6 +147,7 @@ class HealthMonitor:
                               diverging=True)
         if chance and step >= self.budget and \
                 self.state["chance_intervals"] >= CHANCE_INTERVALS:
+            assert row is not None  # chance needs a row
             return self._warn(step, [
                 self._chance_line(row, "training")
                 + f", for {self.state['chance_intervals']} logging intervals up to step {step}"
@@ -190,7 +194,7 @@ class HealthMonitor:
                   "ignore turns this check off)")
 
 
-def stage_evidence(measures: dict[str, float | None]) -> list[str]:
+def stage_evidence(measures: dict[str, float]) -> list[str]:
     """The per-stage gradient norms and dead-ReLU shares as evidence lines."""
     lines = []
     norms = [v for k, v in sorted(measures.items()) if k.startswith("grad_norm_stage")]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import partial
 
 import torch
 from torch import nn
@@ -51,6 +52,12 @@ def scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
+def conv_layer(item: int | str) -> tuple[int, int]:
+    """Table 1's conv entry ``item`` as (output channels, kernel side): an int is a 3x3
+    conv, "cN" a 1x1 conv with N channels."""
+    return (int(item[1:]), 1) if isinstance(item, str) else (item, 3)
+
+
 def make_features(config: list[int | str], in_channels: int, batch_norm: bool,
                   width: float = 1.0) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -61,9 +68,8 @@ def make_features(config: list[int | str], in_channels: int, batch_norm: bool,
         elif item == "LRN":
             layers.append(local_response_norm())
         else:
-            one_by_one = isinstance(item, str)
-            out_channels = scaled(int(item[1:]) if one_by_one else item, width)
-            kernel = 1 if one_by_one else 3
+            table_channels, kernel = conv_layer(item)
+            out_channels = scaled(table_channels, width)
             layers.append(nn.Conv2d(channels, out_channels, kernel, padding=kernel // 2))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(out_channels))
@@ -72,12 +78,14 @@ def make_features(config: list[int | str], in_channels: int, batch_norm: bool,
     return nn.Sequential(*layers)
 
 
-class FullPrecisionScores:
+class FullPrecisionScores(nn.Module):
     """Mixed into the layer that outputs the class scores: it computes at its weights'
     precision (fp32) also under autocast. A bf16 score keeps 8 significant bits, so
     near-equal scores round to exact ties, and a tie counts against the model in top-k
     (vgg.metrics), which biased validation and the plateau schedule. Cost: one
     fc_width x classes product in fp32."""
+
+    weight: torch.Tensor  # the Linear's or Conv2d's it is mixed into
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.amp.is_autocast_available(x.device.type):  # e.g. the meta device
@@ -124,8 +132,8 @@ class VGG(nn.Module):
                 f"{tuple(x.shape[-2:])}; use to_dense() for larger images (dense evaluation)")
         if self.activation_checkpointing and torch.is_grad_enabled():
             for stage in self.stages():
-                x = checkpoint(stage, x, use_reentrant=False, context_fn=lambda s=stage: (
-                    nullcontext(), batch_norm_statistics_restored(s)))
+                x = checkpoint(stage, x, use_reentrant=False,
+                               context_fn=partial(recompute_contexts, stage))
         else:
             x = self.features(x)
         return self.classifier(torch.flatten(x, 1))
@@ -144,6 +152,7 @@ class VGG(nn.Module):
         convs = []
         for linear, kernel, kind in zip(self.classifier[::3], (side, 1, 1),
                                         (nn.Conv2d, nn.Conv2d, DenseClassScores), strict=True):
+            assert isinstance(linear, nn.Linear)  # classifier.0, .3 and .6
             conv = kind(linear.in_features // (kernel * kernel), linear.out_features, kernel)
             conv.weight = nn.Parameter(linear.weight.view(conv.weight.shape))
             conv.bias = linear.bias
@@ -151,6 +160,12 @@ class VGG(nn.Module):
         fc1, fc2, fc3 = convs
         return nn.Sequential(self.features, fc1, nn.ReLU(inplace=True), fc2,
                              nn.ReLU(inplace=True), fc3).train(self.training)
+
+
+def recompute_contexts(stage: nn.Module) -> tuple[AbstractContextManager[None],
+                                                  AbstractContextManager[None]]:
+    """activation checkpointing's (forward, recompute) contexts for ``stage``."""
+    return nullcontext(), batch_norm_statistics_restored(stage)
 
 
 @contextmanager
@@ -181,6 +196,7 @@ def init_weights(model: nn.Module, scheme: str, std: float = 1e-2) -> None:
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             else:  # "paper", and kaiming's Linear layers (torchvision draws those the same way)
                 nn.init.normal_(module.weight, 0.0, std)
+            assert module.bias is not None  # every conv and linear layer of a VGG has one
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
@@ -270,6 +286,7 @@ def build_vgg(version: str, *, num_classes: int = 1000, in_channels: int = 3,
                 num_classes, image_size, fc_width, dropout)
     if init == "from_A":
         init_weights(model, "paper", init_std)
+        assert a_state_dict is not None  # checked above: from_A comes with it
         model.copied_from_A = copy_from_A(model, a_state_dict, batch_norm, in_channels,
                                           num_classes, fc_width, width)
     elif init is not None:
@@ -290,11 +307,10 @@ def network_bytes(model_args: Mapping, input_side: int | None = None) -> int:
     for item in CONFIGS[args["version"]]:
         if item in ("M", "LRN"):
             continue
-        one_by_one = isinstance(item, str)
-        out = scaled(int(item[1:]) if one_by_one else item, width)
+        table_channels, kernel = conv_layer(item)
+        out = scaled(table_channels, width)
         # kernel, bias, and BatchNorm's weight, bias, running mean and variance
-        weights += channels * out * (1 if one_by_one else 9) + out * (5 if args["batch_norm"]
-                                                                     else 1)
+        weights += channels * out * kernel * kernel + out * (5 if args["batch_norm"] else 1)
         channels = out
     fc, side = args["fc_width"], args["image_size"] // DOWNSAMPLING
     weights += (channels * side * side + 1) * fc + (fc + 1) * fc + (fc + 1) * args["num_classes"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from vgg.checkpoint import (
     CheckpointError,
@@ -51,11 +52,15 @@ class Network:
 
     @property
     def num_classes(self) -> int:
-        return self.model.classifier[-1].out_features
+        scores = self.model.classifier[-1]
+        assert isinstance(scores, nn.Linear)  # a VGG's classifier ends in its score layer
+        return scores.out_features
 
     @property
     def in_channels(self) -> int:
-        return self.model.features[0].in_channels
+        first = self.model.features[0]
+        assert isinstance(first, nn.Conv2d)  # every Table 1 config starts with a conv
+        return first.in_channels
 
     @property
     def image_size(self) -> int:

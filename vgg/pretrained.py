@@ -98,7 +98,7 @@ def vgg_weights_architectures() -> dict[str, dict[str, Any]]:
     "batch_norm": False}``."""
     import torchvision
 
-    names = {}
+    names: dict[str, dict[str, Any]] = {}
     for version, base in TORCHVISION_NAMES.items():
         for batch_norm in (False, True):
             enum = torchvision.models.get_model_weights(base + "_bn" * batch_norm)
@@ -308,7 +308,7 @@ def model_args_of_state(state: dict[str, torch.Tensor], source: str) -> dict[str
     if side == 0 or channels * side * side != fc1.shape[1]:
         raise CheckpointError(f"{source}'s FC1 takes {fc1.shape[1]} features, not a "
                               f"{channels} x side x side feature map of a VGG")
-    args = {"num_classes": scores.shape[0], "in_channels": first_conv.shape[1],
+    args: dict[str, Any] = {"num_classes": scores.shape[0], "in_channels": first_conv.shape[1],
             "image_size": side * DOWNSAMPLING, "fc_width": fc1.shape[0],
             "width": width}
     features = {k: tuple(v.shape) for k, v in state.items() if k.startswith("features.")}
@@ -354,7 +354,8 @@ def dataset_preprocessing(weights: PretrainedWeights) -> dict[str, Any]:
     checkpoints written before the preprocessing was recorded."""
     from vgg.data import dataset_spec
 
-    name = weights.config.get("dataset")
+    # As the file has it, unchecked: a missing or odd name fails in dataset_spec, below.
+    name: Any = weights.config.get("dataset")
     try:
         spec = dataset_spec(name, weights.config.get("data_root"))
     except (ValueError, AttributeError, UserError) as error:

@@ -369,6 +369,7 @@ def network_differences(wanted: dict[str, Any], there: dict[str, Any]) -> list[s
 def network_mismatch(stage: Stage, wanted: dict[str, Any], source: dict[str, Any],
                      source_name: str) -> str | None:
     """Why ``stage`` (``wanted``) cannot start from the network ``source`` (None: it can)."""
+    assert stage.start is not None  # asked only of a stage that starts from another
     key = stage.start[0]
     differing = network_differences(
         dict(wanted) | ({"version": "A"} if key == "init_from_A" else {}), source)

@@ -20,7 +20,10 @@ def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (CPU and CUDA) RNG states as tensors and plain values, so a
     checkpoint holding them loads with ``weights_only=True``."""
     version, mt, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    np_state = np.random.get_state()
+    # legacy=True (the default) gives the tuple form; the dict form is only for legacy=False.
+    assert isinstance(np_state, tuple)
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np_state
     state = {"python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
              "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos),
                        int(np_has_gauss), float(np_gauss)],

@@ -12,7 +12,7 @@ import netrc
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,7 @@ class MetricsLog:
                                f"({getattr(error, 'strerror', None) or error}): a run's "
                                "metrics file is a text file of rows; move it aside") from None
         text = text[: text.rfind("\n") + 1]
+        lines: Sequence[dict[str, str] | str]  # CSV rows, or JSON lines
         if path.suffix == ".csv":
             lines = [{k: v for k, v in row.items() if v not in ("", None)}
                      for row in csv.DictReader(io.StringIO(text, newline=""))]
@@ -166,7 +167,9 @@ def init_wandb(mode: str, *, project: str, entity: str | None, run_dir: Path, na
         try:
             run = wandb.init(project=project, entity=entity, name=name, id=run_id,
                              resume="allow" if run_id else None, dir=str(run_dir),
-                             config=config, mode=attempt)
+                             # A user's --wandb or WANDB_MODE, unchecked: wandb.init checks
+                             # it (a bad one fails this attempt, as any other failure).
+                             config=config, mode=attempt)  # type: ignore[arg-type]
         except Exception as error:  # any failure of an optional logger: the run goes on
             failures.append(f"{attempt}: {(str(error) or repr(error)).splitlines()[0]}")
             continue
@@ -338,6 +341,7 @@ class RunLog:
             self.pace.new_epoch()
         if not self.main:
             return
+        assert self.metrics is not None  # the main process writes a metrics file
         self.metrics.write(row)
         scalars = {wandb_name(row["kind"], k): v for k, v in row.items()
                    if k not in self.NOT_LOGGED and v is not None}
@@ -364,6 +368,7 @@ class RunLog:
         TensorBoard as that scalar and the warning's text."""
         if not self.main:
             return
+        assert self.metrics is not None  # the main process writes a metrics file
         warn(message)
         self.metrics.write({"kind": "health", "epoch": epoch, "step": step,
                             "message": message, "time": time.time()})

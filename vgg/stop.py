@@ -4,8 +4,13 @@ trainer finishes the step in progress, writes a checkpoint and exits."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+# What signal.signal accepts and returns as a handler.
+Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
 class StopRequest:
@@ -16,11 +21,11 @@ class StopRequest:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, announce=print):
+    def __init__(self, announce: Callable[..., object] = print) -> None:
         self.signum: int | None = None
         self.announce = announce
         self._writing = self._interrupted = False
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Handler] = {}
 
     @property
     def requested(self) -> bool:
@@ -28,6 +33,7 @@ class StopRequest:
 
     @property
     def name(self) -> str:
+        assert self.signum is not None  # only asked for once a signal has arrived
         return signal.Signals(self.signum).name
 
     def __enter__(self) -> StopRequest:
@@ -38,7 +44,7 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def _handle(self, signum: int, frame) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:
             self.signum = signum
             self.announce(f"\n{self.name}: saving a checkpoint at the next step boundary",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from vgg.configuration import ConfigError
 from vgg.data import (
     ArrayDataset,
     DatasetSpec,
+    ImageFileDataset,
     build_dataset,
     build_loader,
     dataset_spec,
@@ -30,7 +32,10 @@ from vgg.data.sampling import ResumableSampler, SeededSamples, ShardSampler
 from vgg.data.shard_samples import ShardSamples
 from vgg.errors import UserError
 from vgg.run_log import warn
-from vgg.transforms import PAPER_INPUT_STD, single_test_scale
+from vgg.transforms import PAPER_INPUT_STD, TrainTransform, single_test_scale
+
+# A split as build_dataset makes it, or its --train_subset/--val_subset share.
+SplitDataset = ArrayDataset | ImageFileDataset | Subset
 
 
 class DataError(UserError, RuntimeError):
@@ -83,6 +88,8 @@ def build_data(cfg: Any, rank: int, world: int,
         # The held-out split depends on val_fraction alone (build_dataset's fixed seed), not
         # on --seed: evaluate.py rebuilds it from the checkpoint's config.
         common = {"val_fraction": cfg.val_fraction, "download": cfg.download}
+        train_set: SplitDataset  # narrowed to build_dataset's until a subset is taken
+        val_set: SplitDataset
         train_set = build_dataset(cfg.dataset, "train", cfg.data_root, augment, **common)
         val_set = build_dataset(
             cfg.dataset, "val", cfg.data_root,
@@ -131,22 +138,26 @@ def build_data(cfg: Any, rank: int, world: int,
                 val_loader, micro, accumulation, steps_per_epoch)
 
 
-def train_batches(cfg: Any, train_set: Dataset, micro: int, rank: int, world: int,
+def train_batches(cfg: Any, train_set: SplitDataset, micro: int, rank: int, world: int,
                   device: torch.device):
     """The training loader for --data_pipeline: DataLoader workers transforming samples
     (cpu), or the device augmenting whole batches of the same TrainTransform (gpu): the
     in-memory datasets held on the device, image files decoded there. All three deal the
     same order (ResumableSampler) and resume at (epoch, position)."""
+    dataset: Dataset
     dataset, indices = train_set, list(range(len(train_set)))
     if isinstance(train_set, Subset):  # --train_subset
         dataset, indices = train_set.dataset, list(train_set.indices)
-    sharded = isinstance(getattr(dataset, "files", None), ShardSamples)
+    assert isinstance(dataset, ArrayDataset | ImageFileDataset)  # build_dataset's
+    files = dataset.files if isinstance(dataset, ImageFileDataset) else None
+    sharded = isinstance(files, ShardSamples)
     if cfg.shuffle == "shard" and not sharded:
         raise ConfigError("--shuffle shard orders a shard set's images by shard, and "
                           f"--data_root {cfg.data_root} holds image files or arrays: write a "
                           "shard set (python -m vgg.data.shards) or use --shuffle global")
     if cfg.data_pipeline == "workers":
-        chunks = dataset.files.shard[indices] if cfg.shuffle == "shard" else None
+        chunks = (files.shard[indices] if cfg.shuffle == "shard"  # then sharded (above)
+                  and isinstance(files, ShardSamples) else None)
         sampler = ResumableSampler(len(train_set), cfg.seed, rank, world, with_seeds=True,
                                    chunks=chunks)
         return build_loader(SeededSamples(train_set), micro, train=True, workers=cfg.workers,
@@ -155,7 +166,8 @@ def train_batches(cfg: Any, train_set: Dataset, micro: int, rank: int, world: in
         raise ConfigError("--data_pipeline device decodes image files on the device, and "
                           f"--data_root {cfg.data_root} is a shard set: use --data_pipeline "
                           "workers, or train on the image files")
-    transform = BatchTrainTransform(dataset.transform)  # the TrainTransform built above
+    assert isinstance(dataset.transform, TrainTransform)  # the one build_data made
+    transform = BatchTrainTransform(dataset.transform)
     common = {"device": device, "seed": cfg.seed, "rank": rank, "world": world}
     labels = dataset.labels[indices]
     if isinstance(dataset, ArrayDataset):
@@ -165,5 +177,6 @@ def train_batches(cfg: Any, train_set: Dataset, micro: int, rank: int, world: in
              "per core than --data_pipeline workers (JPEG decoding and float sampling "
              "against OpenCV's decode and uint8 warp: README, Benchmarks); it is the faster "
              "choice on a CPU for in-memory datasets only. Use --data_pipeline workers here")
-    return JpegLoader([dataset.files[i] for i in indices], labels, transform, micro,
+    names: Sequence[str] = dataset.files  # FileList's __getitem__ types int and slice alike
+    return JpegLoader([names[i] for i in indices], labels, transform, micro,
                       threads=max(cfg.workers, 1), **common)

@@ -222,7 +222,7 @@ class TrainTransform:
         crop = rescaled_window(image, (height, width), (top, left, self.size, self.size))
         if self.hflip and bool(torch.rand(()) < 0.5):
             crop = crop[:, ::-1]
-        offset = 0.0
+        offset: np.ndarray | float = 0.0
         if self.color_shift:
             offset = color_shift_offset(torch.randn(3, dtype=torch.float64).numpy()
                                         * COLOR_SHIFT_STD)

@@ -21,6 +21,7 @@ class ArrayDataset(Dataset):
     """Labelled images held in memory as one uint8 array (the small datasets)."""
 
     def __init__(self, images: ImageSet, transform: Callable[[np.ndarray], torch.Tensor]):
+        assert isinstance(images.images, np.ndarray)  # image files go to ImageFileDataset
         self.images, self.labels, self.classes = images.images, images.labels, images.classes
         self.transform = transform
 
@@ -45,6 +46,7 @@ class ImageFileDataset(Dataset):
 
     def __init__(self, images: ImageSet, transform: Callable[[np.ndarray], torch.Tensor],
                  on_corrupt: str = "skip"):
+        assert not isinstance(images.images, np.ndarray)  # arrays go to ArrayDataset
         self.files, self.labels, self.classes = images.images, images.labels, images.classes
         self.transform, self.on_corrupt = transform, on_corrupt
         self.unreadable = torch.zeros(len(self.files), dtype=torch.bool).share_memory_()
@@ -69,7 +71,8 @@ class ImageFileDataset(Dataset):
                                    f"{self.files[0]}): are they image files?")
 
     def unreadable_files(self) -> list[str]:
-        return [self.files[i] for i in torch.nonzero(self.unreadable).flatten().tolist()]
+        files: Sequence[str] = self.files  # FileList's __getitem__ types int and slice alike
+        return [files[i] for i in torch.nonzero(self.unreadable).flatten().tolist()]
 
 
 def build_dataset(name: str, split: str, root: str | os.PathLike,

@@ -27,8 +27,9 @@ def require(title: str, folder: Path, patterns: Sequence[str], layout: str,
     DatasetNotFoundError says where we looked and, after a failed download, what to fetch
     and where to put it (`by_hand`) rather than suggesting --download again."""
     found = [find(folder, p) for p in patterns]
-    if None not in found:
-        return found
+    present = [f for f in found if f is not None]
+    if len(present) == len(found):
+        return present
     looked_for = ", ".join(str(folder / p) for p, f in zip(patterns, found, strict=True)
                            if f is None)
     if download is None:
@@ -41,7 +42,8 @@ def require(title: str, folder: Path, patterns: Sequence[str], layout: str,
             f"{title} not found: looked for {looked_for}, and the download failed "
             f"({type(error).__name__}: {error}). {by_hand}") from None
     found = [find(folder, p) for p in patterns]
-    if None in found:
+    present = [f for f in found if f is not None]
+    if len(present) < len(found):
         raise DatasetNotFoundError(f"{title}: the download did not provide {looked_for}. "
                                    f"{by_hand}")
-    return found
+    return present

@@ -25,6 +25,7 @@ import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeGuard, cast
 
 import numpy as np
 import torch
@@ -123,7 +124,8 @@ class BatchTrainTransform:
         pixels *= row_valid[:, None, :, None] & col_valid[:, None, None, :]
         return self.normalize(pixels, draws.alpha)
 
-    def keeps_size(self, images: Sequence[torch.Tensor] | torch.Tensor) -> bool:
+    def keeps_size(self, images: Sequence[torch.Tensor] | torch.Tensor
+                   ) -> TypeGuard[torch.Tensor]:
         """Whether ``images`` is one same-size batch that every S leaves at its size (the
         small datasets' pad-and-crop): then crops are plain gathers of whole pixels."""
         if not isinstance(images, torch.Tensor):
@@ -337,7 +339,8 @@ class JpegLoader(DeviceBatches):
         self.unreadable: set[str] = set()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = list(self.sampler)
+        # The sampler deals (index, sample seed) pairs: it was made with_seeds.
+        order = cast(list[tuple[int, int]], list(self.sampler))
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         with ThreadPoolExecutor(self.threads) as pool:
             pending = [pool.submit(self._decode, batch) for batch in batches[:self.prefetch]]

@@ -17,13 +17,15 @@ class EpochLoader(DataLoader):
 
     epochs_done = 0
 
-    def __iter__(self) -> Iterator:
+    # A generator around the base iterator rather than a _BaseDataLoaderIter: callers
+    # only iterate over it.
+    def __iter__(self) -> Iterator:  # type: ignore[override]
         yield from super().__iter__()
         self.epochs_done += 1
         dataset = self.dataset
         while not hasattr(dataset, "unreadable_files") and hasattr(dataset, "dataset"):
             dataset = dataset.dataset  # through Subset and other wrappers
-        skipped = getattr(dataset, "unreadable_files", list)()
+        skipped: list[str] = getattr(dataset, "unreadable_files", list)()
         if skipped:
             shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
             warnings.warn(f"epoch {self.epochs_done}: skipped {len(skipped)} unreadable image "

@@ -9,6 +9,7 @@ import pickle
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torchvision
@@ -126,7 +127,9 @@ def cifar_reader(title: str, folder: str, batches: dict[str, list[str]], meta: s
             (lambda: torchvision_class(root, download=True)) if download else None,
             f"Without internet access, fetch {url} and extract it in {root}, which gives "
             f"{root / folder}/.")
-        loaded = [load_array_pickle(path, url) for path in [*batch_files, meta_file]]
+        # Any: whatever was pickled; the try below turns a wrong layout into a DatasetError.
+        loaded: list[Any] = [load_array_pickle(path, url)
+                             for path in [*batch_files, meta_file]]
         *parts, names = loaded
         try:
             images = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, 32, 32)

@@ -42,7 +42,8 @@ class ResidentLoader(DeviceBatches):
                  transform: BatchTrainTransform, batch_size: int, *, device: torch.device,
                  seed: int = 0, rank: int | None = None, world: int | None = None):
         s_min, s_max = transform.scale
-        if s_min == s_max and rescaled_size(*images.shape[1:3], s_min) != images.shape[1:3]:
+        size = images.shape[1:3]
+        if s_min == s_max and rescaled_size(images.shape[1], images.shape[2], s_min) != size:
             images = rescaled_images(np.asarray(images), s_min)
         images = torch.as_tensor(images)
         images = images[..., None] if images.ndim == 3 else images

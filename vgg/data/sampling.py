@@ -34,7 +34,7 @@ class ShardSampler(Sampler[int]):
         return len(shard_indices(self.n, self.rank, self.world))
 
 
-class ResumableSampler(Sampler[int]):
+class ResumableSampler(Sampler[int | tuple[int, int]]):
     """Training order: a fresh permutation per epoch drawn from ``(seed, epoch)`` alone, cut
     to a multiple of ``world`` (the < world left-over samples change every epoch) and dealt
     round-robin to the ranks, starting ``start`` samples into this rank's share. Because
@@ -65,7 +65,7 @@ class ResumableSampler(Sampler[int]):
         """Samples per rank per epoch."""
         return self.n // self.world
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.n, generator=generator) if self.chunks is None \
@@ -122,7 +122,9 @@ class SeededSamples(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        # torch's Dataset declares no __len__ (it is optional); the datasets wrapped here
+        # all have one, as torch's own DataLoader assumes with the same ignore.
+        return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
