@@ -155,28 +155,40 @@ def kill_runner_and_children(runner: subprocess.Popen) -> None:
     runner.wait()
 
 
+def progress(plan_dir: Path) -> int:
+    """How far a plan directory has come: its stages' metrics rows and its evaluations."""
+    rows = sum(len(MetricsLog.read(path)) for path in plan_dir.glob("*/metrics.jsonl"))
+    return rows + len(list(plan_dir.glob("evaluations/eval_*.json")))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux's /proc")
 def test_killed_at_random_points_and_restarted_ends_as_uninterrupted(uninterrupted,
                                                                      tmp_path):
+    """Killed four times: once while the runner starts, then at three random points of its
+    progress (a metrics row or an evaluation just written, a stage's checkpoint perhaps
+    being saved), each time restarted. Progress, not time, places the kills: however fast
+    or loaded the machine, each lands before the plan is done."""
     plan_dir, log = tmp_path / "digits_tiny", tmp_path / "runner.log"
-    # Kill points as fractions of the uninterrupted run's time on this machine now: four
-    # kills sum to at most 80% of it, so however fast or loaded the machine, the plan is
-    # still unfinished at least at the first three of them (from start-up to late stages).
     whole = float((uninterrupted.parent / SECONDS).read_text())
+    total = progress(uninterrupted)
     rng = random.Random(23)
     kills = 0
-    for _ in range(4):
+    runner = start(plan_dir, log)
+    with pytest.raises(subprocess.TimeoutExpired):  # start-up: 3% of the plan's time
+        runner.wait(timeout=0.03 * whole)
+    kill_runner_and_children(runner)
+    kills += 1
+    for point in sorted(rng.sample(range(1, total), 3)):
         runner = start(plan_dir, log)
-        try:
-            runner.wait(timeout=rng.uniform(0.05, 0.2) * whole)
-            break  # it finished before the kill
-        except subprocess.TimeoutExpired:
-            kill_runner_and_children(runner)
-            kills += 1
+        while runner.poll() is None and progress(plan_dir) < point:
+            time.sleep(0.02)
+        assert runner.poll() is None, f"the plan ended before progress {point} of {total}"
+        kill_runner_and_children(runner)
+        kills += 1
     runner = start(plan_dir, log)
     assert runner.wait(timeout=TIMEOUT) == 0, log.read_text()[-3000:]
-    assert kills >= 3
+    assert kills == 4
     assert figures(plan_dir) == figures(uninterrupted)
     assert_each_task_finished_once(plan_dir)
     assert sum(len(runs) for runs in launches(plan_dir).values()) > len(launches(plan_dir))
